@@ -1,0 +1,112 @@
+"""Several runs of one recipe: load the data once, warm up once, then the timed runs.
+
+This is the Python API behind `python main.py` (and `hlb.train`): it returns a Record and
+prints nothing itself; progress goes to an optional listener (see hlb.report.Table).
+"""
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from hlb.dataset import CIFAR10_URL, default_data_dir, load_cifar10
+from hlb.errors import UsageError
+from hlb.recipes import Recipe, get_recipe, override
+from hlb.stats import Summary, summarize
+from hlb.train import build_net, to_device, train_run
+
+
+class Interrupted(Exception):
+    """Ctrl-C during the runs; `record` holds the runs that finished."""
+
+    def __init__(self, record):
+        super().__init__("interrupted")
+        self.record = record
+
+
+@dataclass
+class Record:
+    recipe: Recipe
+    device: str
+    data_fingerprint: str
+    seed: int
+    warmup_s: float = 0.0          # untimed warm-up run (cudnn autotuning, compilation)
+    interrupted: bool = False
+    results: list = field(default_factory=list)
+    summary: Summary = None
+    wall_s: float = 0.0            # the whole call, loading and warm-up included
+
+
+def resolve_device(name=None):
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cuda", "cpu"):
+        raise UsageError(f"unknown device {name!r}; choose cuda or cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+    return name
+
+
+class _Quiet:
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def run_recipe(recipe, runs, device, seed, cifar, listener=None):
+    """Warm up (GPU only), then `runs` timed runs; run i uses seed `seed + i`."""
+    listener = listener or _Quiet()
+    wall = time.perf_counter()
+    cuda = device == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    data = to_device(cifar, recipe, device)
+    net = build_net(recipe, device)
+    forward = torch.compile(net) if cuda and recipe.compile else net
+    record = Record(recipe=recipe, device=device, data_fingerprint=cifar.fingerprint, seed=seed)
+
+    if cuda:
+        # The same shapes as a real run, so cudnn.benchmark and compilation happen here.
+        listener.warmup_started()
+        tick = time.perf_counter()
+        train_run(recipe, data, net, device, seed=seed + 2**31, run=-1, forward=forward)
+        torch.cuda.synchronize()
+        record.warmup_s = time.perf_counter() - tick
+        listener.warmup_finished(record.warmup_s)
+
+    try:
+        for i in range(runs):
+            listener.run_started(i, runs)
+            result = train_run(recipe, data, net, device, seed=seed + i, run=i,
+                               forward=forward, on_epoch=listener.epoch, on_step=listener.step)
+            record.results.append(result)
+            listener.run_finished(result)
+    except KeyboardInterrupt:
+        record.interrupted = True
+    record.summary = summarize(record.results)
+    record.wall_s = time.perf_counter() - wall
+    if record.interrupted:
+        raise Interrupted(record)
+    return record
+
+
+def train(recipe="94", runs=1, device=None, seed=0, data_dir=None, overrides=(),
+          listener=None):
+    """Train `runs` times and return a Record (the notebook entry point).
+
+    `recipe` is a name from hlb.recipes.RECIPES or a Recipe; `overrides` are "key=value"
+    strings as on the command line.
+    """
+    wall = time.perf_counter()
+    if isinstance(recipe, str):
+        recipe = get_recipe(recipe)
+    recipe = override(recipe, overrides)
+    if runs < 1:
+        raise UsageError(f"--runs must be at least 1, not {runs}")
+    device = resolve_device(device)
+    # HLB_CIFAR10_URL names a mirror; the archive's MD5 is checked all the same.
+    url = os.environ.get("HLB_CIFAR10_URL") or CIFAR10_URL
+    cifar = load_cifar10(data_dir or default_data_dir(), url=url)
+    record = run_recipe(recipe, runs, device, seed, cifar, listener)
+    record.wall_s = time.perf_counter() - wall
+    return record

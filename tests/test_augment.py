@@ -1,0 +1,64 @@
+import torch
+
+from hlb.augment import TrainBatches, flip_where, normalize, random_crop
+
+
+def test_flip_mirrors_the_width_axis_only_where_asked():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float).reshape(2, 3, 4, 5)
+    out = flip_where(x, torch.tensor([True, False]))
+    assert torch.equal(out[0], x[0].flip(-1))      # width is the last axis
+    assert torch.equal(out[0][:, :, 0], x[0][:, :, -1])
+    assert torch.equal(out[1], x[1])
+
+
+def test_random_crop_keeps_content_and_covers_all_shifts():
+    torch.manual_seed(0)
+    x = torch.randn(400, 3, 8, 8)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    out = random_crop(padded, 8)
+    assert out.shape == x.shape
+    shifts = set()
+    for i in range(len(x)):
+        # Each output is exactly one 8x8 window of its own padded image.
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8])]
+        assert found
+        shifts.add(found[0])
+    assert len(shifts) == 25
+
+
+def test_alternating_flip_inverts_every_other_epoch():
+    torch.manual_seed(0)
+    n = 64
+    # Image i is constant i along height and a ramp along width, so a flip is visible.
+    images = torch.arange(8.0).repeat(n, 3, 8, 1) + torch.arange(n).view(n, 1, 1, 1) * 100
+    labels = torch.arange(n)
+    batches = TrainBatches(images, labels, batch_size=16, flip="alternate", translate=0)
+
+    def flipped_by_label(epoch):
+        state = {}
+        for x, y in batches.epoch(epoch):
+            for img, label in zip(x, y):
+                state[int(label)] = bool(img[0, 0, 0] > img[0, 0, -1])
+        return state
+
+    e0, e1, e2 = flipped_by_label(0), flipped_by_label(1), flipped_by_label(2)
+    assert len(e0) == n
+    assert all(e1[i] != e0[i] for i in range(n))
+    assert e2 == e0
+    assert 0.2 < sum(e0.values()) / n < 0.8        # the first epoch flips about half
+
+
+def test_batches_are_a_shuffled_partition_dropping_the_remainder():
+    images = torch.randn(100, 3, 8, 8)
+    labels = torch.arange(100)
+    batches = TrainBatches(images, labels, batch_size=32, flip="none", translate=0)
+    seen = torch.cat([y for _, y in batches.epoch(0)])
+    assert len(batches) == 3 and len(seen) == 96 and len(set(seen.tolist())) == 96
+    assert not torch.equal(seen, torch.arange(96))
+
+
+def test_normalize_centres_the_cifar_mean():
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]) * 255
+    images = mean.view(1, 3, 1, 1).expand(2, 3, 4, 4).round().to(torch.uint8)
+    assert normalize(images, torch.float).abs().max() < 0.01

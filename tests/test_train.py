@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+
+from conftest import synthetic_cifar
+from hlb.recipes import RECIPES, override
+from hlb.runs import run_recipe
+from hlb.train import build_net, to_device, train_run
+
+TINY = ["train_images=512", "test_images=256", "batch_size=64", "epochs=3.0",
+        "widths=16,32,32", "whiten_init_images=256", "eval_batch_size=256"]
+
+# The smoke recipe on real CIFAR-10 reaches this TTA accuracy or more (see README.md for
+# the measured figure; chance is 10%).
+SMOKE_MIN_ACCURACY = 0.40
+
+
+def tiny_recipe(*more):
+    return override(RECIPES["smoke"], TINY + list(more))
+
+
+def test_a_tiny_run_learns_synthetic_classes():
+    recipe = tiny_recipe()
+    record = run_recipe(recipe, runs=1, device="cpu", seed=0, cifar=synthetic_cifar())
+    result = record.results[0]
+    assert result.tta_acc > 0.6
+    assert [row.epoch for row in result.epochs] == [1, 2, 3]
+    assert result.epochs[-1].train_loss < result.epochs[0].train_loss
+    # The timer grows epoch by epoch and the final TTA evaluation is inside it.
+    times = [row.time_s for row in result.epochs]
+    assert times == sorted(times) and result.train_time_s > times[-1]
+    assert result.eval_time_s > 0
+
+
+def test_same_seed_same_run_and_runs_use_consecutive_seeds():
+    recipe = tiny_recipe("epochs=1.0")
+    cifar = synthetic_cifar()
+    a = run_recipe(recipe, runs=2, device="cpu", seed=5, cifar=cifar)
+    b = run_recipe(recipe, runs=1, device="cpu", seed=6, cifar=cifar)
+    assert [r.seed for r in a.results] == [5, 6]
+    assert a.results[1].epochs[0].train_loss == b.results[0].epochs[0].train_loss
+    assert a.results[1].tta_acc == b.results[0].tta_acc
+    assert a.results[0].epochs[0].train_loss != a.results[1].epochs[0].train_loss
+
+
+def test_whitening_bias_freezes_after_its_epochs():
+    recipe = tiny_recipe("whiten_bias_epochs=1.0", "epochs=2.0")
+    data = to_device(synthetic_cifar(), recipe, "cpu")
+    net = build_net(recipe, "cpu")
+    seen = {}
+
+    def on_epoch(row):
+        seen[row.epoch] = net.whiten.bias.detach().clone()
+
+    train_run(recipe, data, net, "cpu", seed=0, on_epoch=on_epoch)
+    assert not net.whiten.bias.requires_grad
+    assert seen[1].abs().sum() > 0
+    # Lookahead is off in the smoke recipe, so a frozen bias does not move at all.
+    assert torch.equal(seen[1], seen[2])
+
+
+def test_a_diverging_run_is_marked_and_the_others_go_on():
+    recipe = tiny_recipe("lr=1e9", "epochs=1.0")
+    record = run_recipe(recipe, runs=2, device="cpu", seed=0, cifar=synthetic_cifar())
+    assert all(r.diverged for r in record.results)
+    assert record.summary.diverged == 2 and record.summary.n == 0
+    assert math.isnan(record.summary.acc_mean)
+
+
+def test_smoke_recipe_learns_real_cifar10(cifar):
+    record = run_recipe(RECIPES["smoke"], runs=1, device="cpu", seed=0, cifar=cifar)
+    result = record.results[0]
+    print(f"smoke recipe on real CIFAR-10: TTA {result.tta_acc:.4f}, "
+          f"{result.train_time_s:.1f} s")
+    assert result.tta_acc >= SMOKE_MIN_ACCURACY
