@@ -5,6 +5,7 @@ import json
 import math
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -134,7 +135,9 @@ def _git_commit():
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5, cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
+        commit = out.stdout.strip()
+        # Outside a checkout git may echo "HEAD" back; keep only a real commit id.
+        return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -134,7 +134,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
     step, total)` are optional progress callbacks; they run outside the timed region or cost
     no device sync.
     """
-    forward = forward or net
+    forward = net if forward is None else forward
     cuda = torch.device(device).type == "cuda"
     torch.manual_seed(seed)
     reset(net)

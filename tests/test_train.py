@@ -13,7 +13,7 @@ TINY = ["train_images=512", "test_images=256", "batch_size=64", "epochs=3.0",
 
 # The smoke recipe on real CIFAR-10 reaches this TTA accuracy or more (see README.md for
 # the measured figure; chance is 10%).
-SMOKE_MIN_ACCURACY = 0.40
+SMOKE_MIN_ACCURACY = 0.45
 
 
 def tiny_recipe(*more):

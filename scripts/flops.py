@@ -1,0 +1,48 @@
+"""FLOPs of one run of a recipe, counted by torch's FlopCounterMode on the CPU.
+
+    python scripts/flops.py [RECIPE]
+
+Counts the matrix work (convolutions and the head) of every training step (forward and
+backward), the per-epoch plain evaluations, and the final TTA evaluation. Divide by a GPU's
+measured matmul rate for the floor on the run's time.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hlb.evaluate import VIEWS  # noqa: E402
+from hlb.model import make_net  # noqa: E402
+from hlb.recipes import get_recipe  # noqa: E402
+
+
+def count(fn):
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def main():
+    recipe = get_recipe(sys.argv[1] if len(sys.argv) > 1 else "94")
+    net = make_net(recipe)
+    x = torch.randn(recipe.batch_size, 3, 32, 32)
+    step = count(lambda: net(x).sum().backward())
+    forward_per_image = count(lambda: net(x[:1]))
+    views = count(lambda: VIEWS[recipe.tta_level](net, x[:1])) / forward_per_image
+    train = step * recipe.total_steps()
+    tta = forward_per_image * views * recipe.test_images
+    plain = forward_per_image * recipe.test_images * -(-recipe.total_steps()
+                                                       // recipe.steps_per_epoch())
+    print(f"recipe {recipe.name}: forward {forward_per_image / 1e9:.3f} GFLOP per image")
+    print(f"  training  {recipe.total_steps()} steps x {step / 1e12:.3f} TFLOP = "
+          f"{train / 1e15:.3f} PFLOP")
+    print(f"  TTA       {views:.0f} views x {recipe.test_images} images = {tta / 1e15:.4f} PFLOP")
+    print(f"  timed total {(train + tta) / 1e15:.3f} PFLOP "
+          f"(+ {plain / 1e15:.4f} PFLOP untimed per-epoch evaluation)")
+
+
+if __name__ == "__main__":
+    main()
