@@ -4,8 +4,8 @@ Exit status: 0 success; 1 a data problem or a run that diverged; 2 a usage error
 """
 
 import argparse
-import os
 import sys
+import tempfile
 from pathlib import Path
 
 from hlb.errors import HlbError, UsageError
@@ -40,10 +40,14 @@ def _check_writable(path):
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise UsageError(f"--json {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"--json {path}: folder {parent} is not writable")
     if Path(path).is_dir():
         raise UsageError(f"--json {path}: is a folder, not a file")
+    try:
+        # Creating a file is the only test that also catches read-only mounts and quotas.
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise UsageError(f"--json {path}: cannot write in {parent} ({e.strerror})") from None
 
 
 def main(argv=None):
@@ -61,7 +65,8 @@ def main(argv=None):
 def _main(argv):
     # Imported here so that `--help` and flag errors answer without loading torch.
     from hlb.report import Table, record_dict, summary_lines, write_json_atomic
-    from hlb.runs import Interrupted, resolve_device, train
+    from hlb.train import DIVERGED_LOSS
+    from hlb.runs import Stopped, resolve_device, train
 
     args = build_parser().parse_args(argv)
     recipe = override(get_recipe(args.recipe), args.set)
@@ -74,20 +79,28 @@ def _main(argv):
         _check_writable(args.json)
 
     print(f"hlb-cifar10: recipe {recipe.name}, {args.runs} run(s) on {device}", flush=True)
-    status = 0
+    error = None
     try:
         record = train(recipe, runs=args.runs, device=device, seed=args.seed,
                        data_dir=args.data_dir, listener=Table())
-    except Interrupted as e:
-        record, status = e.record, 130
-        print("\ninterrupted: the summary and record hold the runs that finished",
-              file=sys.stderr)
+    except Stopped as e:
+        # Keep what finished: the summary and the record hold the completed runs.
+        record, error = e.record, e.error or KeyboardInterrupt()
     print("\n".join(summary_lines(record)))
     if args.json:
-        write_json_atomic(args.json, record_dict(record, argv))
+        try:
+            write_json_atomic(args.json, record_dict(record, argv))
+        except OSError as e:
+            raise HlbError(f"could not write the record {args.json} ({e.strerror or e}); "
+                           "nothing was left behind") from None
         print(f"  record written to {args.json}")
-    if status == 0 and record.summary.diverged:
-        print(f"error: {record.summary.diverged} run(s) diverged; try a lower lr",
-              file=sys.stderr)
-        status = 1
-    return status
+    if isinstance(error, KeyboardInterrupt):
+        print(f"interrupted after {len(record.results)} finished run(s)", file=sys.stderr)
+        return 130
+    if error:
+        raise error
+    if record.summary.diverged:
+        print(f"error: {record.summary.diverged} run(s) diverged (loss NaN, infinite or "
+              f"above {DIVERGED_LOSS:g} per image); try a lower lr", file=sys.stderr)
+        return 1
+    return 0

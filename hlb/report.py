@@ -113,7 +113,8 @@ def _fmt_bytes(n):
 def summary_lines(record):
     s = record.summary
     lines = [f"recipe {record.recipe.name} on {record.device}: {s.n} run(s) finished"
-             + (f", {s.diverged} diverged" if s.diverged else "")]
+             + (f", {s.diverged} diverged" if s.diverged else "")
+             + (f" (stopped early: {record.stopped})" if record.stopped else "")]
     if s.n:
         lines.append(f"  TTA accuracy  mean {s.acc_mean:.4f}  std {s.acc_std:.4f}  "
                      f"min {s.acc_min:.4f}  max {s.acc_max:.4f}")
@@ -177,6 +178,7 @@ def record_dict(record, argv=None):
         "environment": environment(),
         "data_fingerprint": record.data_fingerprint,
         "seed": record.seed,
+        "stopped": record.stopped,
         "warmup_s": record.warmup_s,
         "wall_s": record.wall_s,
         "epochs": epochs,

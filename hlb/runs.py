@@ -5,24 +5,37 @@ prints nothing itself; progress goes to an optional listener (see hlb.report.Tab
 """
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from hlb.dataset import CIFAR10_URL, default_data_dir, load_cifar10
-from hlb.errors import UsageError
+from hlb.dataset import CIFAR10_TAR_MD5, CIFAR10_URL, default_data_dir, load_cifar10
+from hlb.errors import HlbError, UsageError
 from hlb.recipes import Recipe, get_recipe, override
 from hlb.stats import Summary, summarize
 from hlb.train import build_net, to_device, train_run
 
 
-class Interrupted(Exception):
-    """Ctrl-C during the runs; `record` holds the runs that finished."""
+class Stopped(Exception):
+    """The runs stopped early; `record` holds the runs that finished, `error` says why
+    (a one-line HlbError, or None for Ctrl-C)."""
 
-    def __init__(self, record):
-        super().__init__("interrupted")
+    def __init__(self, record, error=None):
+        super().__init__(str(error) if error else "interrupted")
         self.record = record
+        self.error = error
+
+
+def out_of_memory_error(exc, recipe):
+    """A one-line HlbError for a CUDA out-of-memory, naming the size and what to try."""
+    asked = re.search(r"Tried to allocate [0-9.]+ [KMGT]?i?B", str(exc))
+    half = max(1, recipe.batch_size // 2)
+    return HlbError(
+        f"out of GPU memory ({asked.group(0) if asked else 'allocation failed'}) at batch_size "
+        f"{recipe.batch_size}; try --set batch_size={half} --set eval_batch_size="
+        f"{max(1, recipe.eval_batch_size // 2)}, or a GPU with more free memory")
 
 
 @dataclass
@@ -32,7 +45,7 @@ class Record:
     data_fingerprint: str
     seed: int
     warmup_s: float = 0.0          # untimed warm-up run (cudnn autotuning, compilation)
-    interrupted: bool = False
+    stopped: str = None            # why the runs stopped early, if they did
     results: list = field(default_factory=list)
     summary: Summary = None
     wall_s: float = 0.0            # the whole call, loading and warm-up included
@@ -65,16 +78,15 @@ def run_recipe(recipe, runs, device, seed, cifar, listener=None):
     forward = torch.compile(net) if cuda and recipe.compile else net
     record = Record(recipe=recipe, device=device, data_fingerprint=cifar.fingerprint, seed=seed)
 
-    if cuda:
-        # The same shapes as a real run, so cudnn.benchmark and compilation happen here.
-        listener.warmup_started()
-        tick = time.perf_counter()
-        train_run(recipe, data, net, device, seed=seed + 2**31, run=-1, forward=forward)
-        torch.cuda.synchronize()
-        record.warmup_s = time.perf_counter() - tick
-        listener.warmup_finished(record.warmup_s)
-
     try:
+        if cuda:
+            # The same shapes as a real run, so cudnn.benchmark and compilation happen here.
+            listener.warmup_started()
+            tick = time.perf_counter()
+            train_run(recipe, data, net, device, seed=seed + 2**31, run=-1, forward=forward)
+            torch.cuda.synchronize()
+            record.warmup_s = time.perf_counter() - tick
+            listener.warmup_finished(record.warmup_s)
         for i in range(runs):
             listener.run_started(i, runs)
             result = train_run(recipe, data, net, device, seed=seed + i, run=i,
@@ -82,11 +94,16 @@ def run_recipe(recipe, runs, device, seed, cifar, listener=None):
             record.results.append(result)
             listener.run_finished(result)
     except KeyboardInterrupt:
-        record.interrupted = True
+        error = None
+    except torch.cuda.OutOfMemoryError as e:
+        error = out_of_memory_error(e, recipe)
+    else:
+        error = False
     record.summary = summarize(record.results)
     record.wall_s = time.perf_counter() - wall
-    if record.interrupted:
-        raise Interrupted(record)
+    if error is not False:
+        record.stopped = str(error) if error else "interrupted"
+        raise Stopped(record, error)
     return record
 
 
@@ -104,9 +121,11 @@ def train(recipe="94", runs=1, device=None, seed=0, data_dir=None, overrides=(),
     if runs < 1:
         raise UsageError(f"--runs must be at least 1, not {runs}")
     device = resolve_device(device)
-    # HLB_CIFAR10_URL names a mirror; the archive's MD5 is checked all the same.
+    # A mirror (HLB_CIFAR10_URL) may repack the archive (HLB_CIFAR10_MD5); the MD5s of the
+    # files inside are checked against the official values all the same.
     url = os.environ.get("HLB_CIFAR10_URL") or CIFAR10_URL
-    cifar = load_cifar10(data_dir or default_data_dir(), url=url)
+    tar_md5 = os.environ.get("HLB_CIFAR10_MD5") or CIFAR10_TAR_MD5
+    cifar = load_cifar10(data_dir or default_data_dir(), url=url, tar_md5=tar_md5)
     record = run_recipe(recipe, runs, device, seed, cifar, listener)
     record.wall_s = time.perf_counter() - wall
     return record
