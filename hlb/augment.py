@@ -38,19 +38,36 @@ def random_crop(padded, size, generator=None):
     return padded[batch, channel, rows, cols]
 
 
+def cutout(images, size, generator=None):
+    """Zero one size x size square per image, at a random position, in every channel.
+
+    Zero is the dataset mean once images are normalised.
+    """
+    n, _, h, w = images.shape
+    # Kept inside the image, so every image loses the same size*size pixels (as airbench96 does).
+    top = torch.randint(0, h - size + 1, (n, 1), device=images.device, generator=generator)
+    left = torch.randint(0, w - size + 1, (n, 1), device=images.device, generator=generator)
+    rows = torch.arange(h, device=images.device)
+    cols = torch.arange(w, device=images.device)
+    in_rows = (rows >= top) & (rows < top + size)                 # N, H
+    in_cols = (cols >= left) & (cols < left + size)               # N, W
+    return images.masked_fill(in_rows[:, None, :, None] & in_cols[:, None, None, :], 0)
+
+
 class TrainBatches:
     """Shuffled, augmented batches of the training set, one epoch per `epoch(e)` call.
 
     Flip "alternate" draws one random flip per image for the run and inverts it on every odd
     epoch, so each image is seen in both orientations in turn; it needs fewer epochs than
-    flipping at random each epoch.
+    flipping at random each epoch. `cutout` > 0 zeroes a square of that side in each image.
     """
 
-    def __init__(self, images, labels, batch_size, flip, translate, generator=None):
+    def __init__(self, images, labels, batch_size, flip, translate, generator=None, cutout=0):
         self.labels = labels
         self.batch_size = batch_size
         self.flip = flip
         self.translate = translate
+        self.cutout_size = cutout
         self.generator = generator
         pad = (translate,) * 4
         # Pad once per run; each epoch only picks a window.
@@ -77,4 +94,6 @@ class TrainBatches:
                 images = flip_where(images, self.base_flip[index] ^ bool(epoch % 2))
             elif self.flip == "random":
                 images = flip_where(images, self._coin(len(index)))
+            if self.cutout_size:
+                images = cutout(images, self.cutout_size, self.generator)
             yield images, self.labels[index]

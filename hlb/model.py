@@ -1,5 +1,7 @@
 """The network: a frozen patch-whitening layer, three conv groups, a max-pooled linear head.
 
+A conv group is conv, pool, BN, GELU, conv, BN, GELU; recipe 96 uses a residual variant.
+
 Behaviour lives in small subclasses (a BatchNorm with a frozen scale, a conv with identity init)
 so that `make_net` reads as the architecture and nothing else.
 """
@@ -48,8 +50,38 @@ class ConvGroup(nn.Sequential):
         )
 
 
+class ResidualConvGroup(nn.Module):
+    """ConvGroup with a third conv; the last two convs learn a correction added to their input.
+
+    GELU comes after the add, as in the June-2024 airbench96, whose commit credits this with
+    about a 10% speed-up over the paper's GELU before the add.
+    """
+
+    def __init__(self, channels_in, channels_out, bn_momentum, bn_eps):
+        super().__init__()
+        self.entry = nn.Sequential(
+            DiracConv(channels_in, channels_out),
+            nn.MaxPool2d(2),
+            BatchNorm(channels_out, bn_momentum, bn_eps),
+            nn.GELU(),
+        )
+        self.residual = nn.Sequential(
+            DiracConv(channels_out, channels_out),
+            BatchNorm(channels_out, bn_momentum, bn_eps),
+            nn.GELU(),
+            DiracConv(channels_out, channels_out),
+            BatchNorm(channels_out, bn_momentum, bn_eps),
+        )
+        self.activation = nn.GELU()
+
+    def forward(self, x):
+        x = self.entry(x)
+        return self.activation(x + self.residual(x))
+
+
 class Net(nn.Module):
-    def __init__(self, widths, whiten_kernel, bn_momentum, bn_eps, logit_scale):
+    def __init__(self, widths, whiten_kernel, bn_momentum, bn_eps, logit_scale,
+                 group=ConvGroup):
         super().__init__()
         # Each whitening filter comes with its negative, so GELU keeps both signs of a feature.
         whiten_width = 2 * 3 * whiten_kernel**2
@@ -59,9 +91,9 @@ class Net(nn.Module):
         w1, w2, w3 = widths
         self.body = nn.Sequential(
             nn.GELU(),
-            ConvGroup(whiten_width, w1, bn_momentum, bn_eps),
-            ConvGroup(w1, w2, bn_momentum, bn_eps),
-            ConvGroup(w2, w3, bn_momentum, bn_eps),
+            group(whiten_width, w1, bn_momentum, bn_eps),
+            group(w1, w2, bn_momentum, bn_eps),
+            group(w2, w3, bn_momentum, bn_eps),
             nn.AdaptiveMaxPool2d(1),
             nn.Flatten(),
         )
@@ -73,8 +105,9 @@ class Net(nn.Module):
 
 
 def make_net(recipe):
+    group = ResidualConvGroup if recipe.convs_per_group == 3 else ConvGroup
     return Net(recipe.widths, recipe.whiten_kernel, recipe.bn_momentum, recipe.bn_eps,
-               recipe.logit_scale)
+               recipe.logit_scale, group)
 
 
 def patches(images, size):

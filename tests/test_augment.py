@@ -1,6 +1,6 @@
 import torch
 
-from hlb.augment import TrainBatches, flip_where, normalize, random_crop
+from hlb.augment import TrainBatches, cutout, flip_where, normalize, random_crop
 
 
 def test_flip_mirrors_the_width_axis_only_where_asked():
@@ -62,3 +62,32 @@ def test_normalize_centres_the_cifar_mean():
     mean = torch.tensor([0.4914, 0.4822, 0.4465]) * 255
     images = mean.view(1, 3, 1, 1).expand(2, 3, 4, 4).round().to(torch.uint8)
     assert normalize(images, torch.float).abs().max() < 0.01
+
+
+def test_cutout_zeroes_one_square_inside_each_image_and_nothing_else():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(400, 3, 8, 10, generator=g) + 1        # no zeros before the cutout
+    out = cutout(x, 3, generator=g)
+    zero = out == 0
+    assert torch.equal(out[~zero], x[~zero])
+    assert (zero.sum(dim=(2, 3)) == 9).all()               # size*size per channel per image
+    assert (zero == zero[:, :1]).all()                     # the same square in every channel
+    corners = set()
+    for square in zero[:, 0]:
+        rows = square.any(1).nonzero().flatten()
+        cols = square.any(0).nonzero().flatten()
+        # 9 zeros in 3 adjacent rows and 3 adjacent columns: exactly one 3x3 square.
+        assert len(rows) == 3 and rows[-1] - rows[0] == 2
+        assert len(cols) == 3 and cols[-1] - cols[0] == 2
+        corners.add((int(rows[0]), int(cols[0])))
+    assert len(corners) == 6 * 8                           # every position inside the image
+
+
+def test_train_batches_apply_cutout_only_when_asked():
+    images = torch.rand(64, 3, 8, 8) + 1
+    labels = torch.arange(64)
+    for size, zeros in ((0, 0), (4, 16)):
+        batches = TrainBatches(images, labels, batch_size=16, flip="alternate", translate=2,
+                               cutout=size)
+        for x, _ in batches.epoch(0):
+            assert ((x == 0).sum(dim=(2, 3)) == zeros).all()

@@ -1,6 +1,8 @@
+import pytest
 import torch
 
-from hlb.model import DiracConv, init_whitening, make_net, patches, whitening_weights
+from hlb.model import (DiracConv, ResidualConvGroup, init_whitening, make_net, patches,
+                       whitening_weights)
 from hlb.recipes import RECIPES, override
 
 
@@ -46,3 +48,49 @@ def test_batchnorm_scale_is_frozen():
     assert len(bns) == 6
     assert all(not b.weight.requires_grad and b.bias.requires_grad for b in bns)
     assert all(b.eps == 1e-12 and b.momentum == 0.4 for b in bns)
+
+
+def expected_trainable(widths, convs_per_group):
+    """By hand: whitening bias, 3x3 conv weights, one BatchNorm bias per conv, the head."""
+    count, channels_in = 24, 24
+    for w in widths:
+        count += 9 * channels_in * w + 9 * w * w * (convs_per_group - 1) + convs_per_group * w
+        channels_in = w
+    return count + 10 * widths[-1]
+
+
+@pytest.mark.parametrize("name, low, high", [("95", 4.5e6, 4.7e6), ("96", 9.8e6, 10.0e6)])
+def test_wider_nets_shape_and_parameter_count(name, low, high):
+    recipe = RECIPES[name]
+    net = make_net(recipe)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    print(f"recipe {name}: {trainable} trainable parameters")
+    assert trainable == expected_trainable(recipe.widths, recipe.convs_per_group)
+    assert low < trainable < high
+
+
+def test_recipe_96_uses_residual_groups_with_default_batchnorm_momentum():
+    net = make_net(RECIPES["96"])
+    assert sum(isinstance(m, ResidualConvGroup) for m in net.modules()) == 3
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 9
+    assert all(b.momentum == 0.1 and not b.weight.requires_grad for b in bns)
+
+
+def test_residual_group_adds_its_input():
+    torch.manual_seed(0)
+    group = ResidualConvGroup(4, 8, bn_momentum=0.1, bn_eps=1e-12)
+    x = torch.randn(3, 4, 8, 8)
+    with torch.no_grad():
+        # Silence the residual branch: its two convs and BatchNorm biases give exact zeros.
+        for m in group.residual.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.zero_()
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.bias.zero_()
+        out = group(x)
+        entry = group.entry(x)
+    # Without the skip path the output would be GELU(0) = 0 everywhere.
+    assert out.abs().sum() > 0
+    assert torch.allclose(out, torch.nn.functional.gelu(entry))

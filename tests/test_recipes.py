@@ -2,8 +2,11 @@ import dataclasses
 
 import pytest
 
+from conftest import synthetic_cifar
 from hlb.errors import UsageError
+from hlb.optim import lr_multiplier
 from hlb.recipes import RECIPES, Recipe, get_recipe, override
+from hlb.runs import run_recipe
 
 
 def test_recipe_94_is_the_paper_method():
@@ -49,7 +52,7 @@ def test_bad_overrides_are_one_line_usage_errors(item, message):
 
 
 def test_unknown_recipe_lists_the_valid_ones():
-    with pytest.raises(UsageError, match="choose one of: 94, smoke"):
+    with pytest.raises(UsageError, match="choose one of: 94, 95, 96, smoke"):
         get_recipe("93")
 
 
@@ -63,3 +66,51 @@ def test_named_recipes_use_the_declared_types(name):
     recipe = RECIPES[name]
     for f in dataclasses.fields(recipe):
         assert type(getattr(recipe, f.name)) is f.type, f.name
+
+
+def test_new_fields_default_to_the_94_method():
+    for name in ("94", "smoke"):
+        assert RECIPES[name].cutout == 0 and RECIPES[name].convs_per_group == 2
+
+
+def test_recipe_95_is_94_wider_and_longer():
+    expected = dataclasses.replace(RECIPES["94"], name="95", widths=(128, 384, 384), lr=10.0,
+                                   epochs=15.0)
+    assert RECIPES["95"] == expected
+    assert RECIPES["95"].total_steps() == 15 * 48
+
+
+def test_recipe_96_is_the_june_2024_airbench96():
+    r = RECIPES["96"]
+    assert (r.widths, r.convs_per_group, r.bn_momentum) == ((128, 384, 512), 3, 0.1)
+    assert (r.lr, r.weight_decay, r.epochs) == (9.0, 0.012, 37.0)
+    assert (r.translate, r.cutout, r.flip) == (4, 12, "alternate")
+    steps = r.total_steps()
+    assert steps == 37 * 48
+    schedule = [lr_multiplier(s, steps, r.warmup_frac, r.lr_start, r.lr_end)
+                for s in range(steps + 1)]
+    # Warm-up from 0.2x over the first 10% of steps, then a decay all the way to zero.
+    assert schedule[0] == 0.2 and schedule[int(0.1 * steps)] == 1.0
+    assert max(schedule) == 1.0 and schedule[-1] == 0.0
+
+
+@pytest.mark.parametrize("item, message", [
+    ("cutout=-1", "cutout must be between 0 and 32"),
+    ("cutout=33", "cutout must be between 0 and 32"),
+    ("convs_per_group=4", "convs_per_group must be 2 or 3"),
+])
+def test_bad_new_fields_are_usage_errors(item, message):
+    with pytest.raises(UsageError, match=message):
+        override(RECIPES["96"], [item])
+
+
+@pytest.mark.parametrize("name", ["95", "96"])
+def test_wide_recipes_learn_at_tiny_scale(name):
+    recipe = override(RECIPES[name], [
+        "train_images=512", "test_images=128", "batch_size=64", "epochs=3.0",
+        "widths=16,32,32", "whiten_init_images=256", "eval_batch_size=128"])
+    record = run_recipe(recipe, runs=1, device="cpu", seed=0, cifar=synthetic_cifar())
+    result = record.results[0]
+    assert not result.diverged
+    assert result.epochs[-1].train_loss < result.epochs[0].train_loss
+    assert result.tta_acc > 0.2                            # chance is 0.1
