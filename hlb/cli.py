@@ -4,6 +4,7 @@ Exit status: 0 success; 1 a data problem or a run that diverged; 2 a usage error
 """
 
 import argparse
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from hlb.recipes import RECIPES, get_recipe, override
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         # One line instead of argparse's usage block.
-        raise UsageError(f"{message} (see python main.py --help)")
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser():
@@ -32,7 +33,40 @@ def build_parser():
     p.add_argument("--json", default=None, metavar="PATH", help="write the full record here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set epochs=8 (repeatable)")
+    p.add_argument("--target-acc", type=float, default=None, metavar="ACC",
+                   help="stop each run at the first epoch whose TTA accuracy reaches ACC "
+                        "(a fraction, e.g. 0.94); the check is timed")
     return p
+
+
+def build_compare_parser():
+    p = _Parser(prog="python main.py compare",
+                description="Compare two variants, run interleaved with the same seeds, or "
+                            "two saved records (A.json B.json).")
+    p.add_argument("records", nargs="*", metavar="RECORD.json")
+    p.add_argument("--a", default="", metavar="FLAGS",
+                   help='arm A\'s flags, e.g. "--set lr=10" (default: the recipe as is)')
+    p.add_argument("--b", default="", metavar="FLAGS", help="arm B's flags")
+    p.add_argument("--recipe", default="94", help="the recipe both arms start from")
+    p.add_argument("--runs", type=int, default=10, help="runs per arm (default 10)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of run 0 of each arm")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="write both records and the comparison here")
+    return p
+
+
+def _arm_recipe(name, flags, base):
+    """An arm is a recipe plus `--recipe` / `--set` flags, given as one string."""
+    p = _Parser(prog=f"--{name.lower()}", add_help=False)
+    p.add_argument("--recipe", default=base)
+    p.add_argument("--set", action="append", default=[])
+    try:
+        args = p.parse_args(shlex.split(flags))
+        return override(get_recipe(args.recipe), args.set)
+    except UsageError as e:
+        raise UsageError(f"arm {name}: {e}") from None
 
 
 def _check_writable(path):
@@ -53,6 +87,8 @@ def _check_writable(path):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["compare"]:
+            return _compare(argv[1:])
         return _main(argv)
     except HlbError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -74,6 +110,8 @@ def _main(argv):
         raise UsageError(f"--runs must be at least 1, not {args.runs}")
     if args.seed < 0:
         raise UsageError(f"--seed must not be negative, not {args.seed}")
+    if args.target_acc is not None and not 0 < args.target_acc <= 1:
+        raise UsageError(f"--target-acc is a fraction in (0, 1], not {args.target_acc}")
     device = resolve_device(args.device)
     if args.json:
         _check_writable(args.json)
@@ -82,7 +120,7 @@ def _main(argv):
     error = None
     try:
         record = train(recipe, runs=args.runs, device=device, seed=args.seed,
-                       data_dir=args.data_dir, listener=Table())
+                       data_dir=args.data_dir, listener=Table(), target_acc=args.target_acc)
     except Stopped as e:
         # Keep what finished: the summary and the record hold the completed runs.
         record, error = e.record, e.error or KeyboardInterrupt()
@@ -104,3 +142,53 @@ def _main(argv):
               f"above {DIVERGED_LOSS:g} per image); try a lower lr", file=sys.stderr)
         return 1
     return 0
+
+
+def _compare(argv):
+    from hlb.compare import compare, comparison_dict, comparison_lines, compare_records
+    from hlb.report import Table, record_dict, summary_lines, write_json_atomic
+    from hlb.runs import Bench, Stopped, load_data, resolve_device, run_benches
+
+    args = build_compare_parser().parse_args(argv)
+    if args.records:
+        if len(args.records) != 2 or args.a or args.b:
+            raise UsageError("compare takes two records (A.json B.json) or --a/--b flags")
+        if args.json:
+            _check_writable(args.json)
+        comparison = compare_records(*args.records)
+        print("\n".join(comparison_lines(comparison)))
+        if args.json:
+            write_json_atomic(args.json, {"comparison": comparison_dict(comparison),
+                                          "records": args.records})
+        return 0
+
+    recipes = [_arm_recipe("A", args.a, args.recipe), _arm_recipe("B", args.b, args.recipe)]
+    if args.runs < 2:
+        raise UsageError(f"--runs must be at least 2 to compare, not {args.runs}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must not be negative, not {args.seed}")
+    device = resolve_device(args.device)
+    if args.json:
+        _check_writable(args.json)
+    print(f"hlb-cifar10 compare: A = {args.a or '(recipe as is)'}, B = {args.b or '(as is)'}; "
+          f"{args.runs} runs each, interleaved, seeds {args.seed}..{args.seed + args.runs - 1}",
+          flush=True)
+    cifar = load_data(args.data_dir)
+    benches = [Bench(r, device, cifar, args.seed) for r in recipes]
+    interrupted = False
+    try:
+        records = run_benches(benches, args.runs, [Table(label="A"), Table(label="B")])
+    except Stopped as e:
+        records, interrupted = e.record, e.error is None
+        if e.error:
+            raise e.error
+    for name, record in zip("AB", records):
+        print(f"arm {name}: " + "\n".join(summary_lines(record)))
+    comparison = compare(records[0].results, records[1].results)
+    print("\n".join(comparison_lines(comparison)))
+    if args.json:
+        write_json_atomic(args.json, {"comparison": comparison_dict(comparison),
+                                      "a": record_dict(records[0], ["compare", "--a", args.a]),
+                                      "b": record_dict(records[1], ["compare", "--b", args.b])})
+        print(f"  record written to {args.json}")
+    return 130 if interrupted else 0

@@ -41,8 +41,9 @@ class Table:
     rows are written, one plain line each, never reprinting what came before.
     """
 
-    def __init__(self, stream=None, live=None, min_interval=0.2):
+    def __init__(self, stream=None, live=None, min_interval=0.2, label=None):
         self.stream = stream or sys.stdout
+        self.prefix = f"{label} " if label else ""     # tells interleaved arms apart
         self.live = self.stream.isatty() if live is None else live
         self.min_interval = min_interval
         self._status_shown = False
@@ -51,7 +52,7 @@ class Table:
 
     def _write(self, text):
         self._clear_status()
-        self.stream.write(text + "\n")
+        self.stream.write(self.prefix + text + "\n")
         self.stream.flush()
 
     def _clear_status(self):
@@ -83,7 +84,8 @@ class Table:
         if now - self._last_draw < self.min_interval and step < total:
             return
         self._last_draw = now
-        self.stream.write(f"\r\033[K  run {run} epoch {epoch + 1}: step {step}/{total}")
+        self.stream.write(f"\r\033[K{self.prefix}  run {run} epoch {epoch + 1}: "
+                          f"step {step}/{total}")
         self.stream.flush()
         self._status_shown = True
 
@@ -124,6 +126,12 @@ def summary_lines(record):
         lines.append(f"  time (s)      mean {s.time_mean:.3f}  std {s.time_std:.3f}  "
                      f"min {s.time_min:.3f}  max {s.time_max:.3f}")
         lines.append(f"  plain evaluation per epoch (untimed): {s.eval_time_per_epoch:.3f} s")
+    if s.target_reached is not None:
+        ttt = (f"; time to target mean {s.ttt_mean:.3f} s, std {s.ttt_std:.3f} s"
+               if s.target_reached else "")
+        lines.append(f"  target {record.target_acc:.4f} (TTA, checked at each epoch's end, "
+                     f"inside the timed region): reached in {s.target_reached} of {s.n} "
+                     f"run(s){ttt}")
     if record.device == "cuda":
         lines.append(f"  peak GPU memory: {_fmt_bytes(s.peak_mem_allocated)} allocated, "
                      f"{_fmt_bytes(s.peak_mem_reserved)} reserved")
@@ -156,21 +164,21 @@ def environment():
     }
 
 
-def _jsonable(value):
+def jsonable(value):
     # JSON has no NaN; write null instead so every reader can parse the record.
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
 def record_dict(record, argv=None):
     results = [dataclasses.asdict(r) for r in record.results]
     epochs = [row for r in results for row in r.pop("epochs")]
-    return _jsonable({
+    return jsonable({
         "format": "hlb-cifar10 record v1",
         "argv": argv,
         "recipe": record.recipe.to_dict(),
@@ -178,6 +186,7 @@ def record_dict(record, argv=None):
         "environment": environment(),
         "data_fingerprint": record.data_fingerprint,
         "seed": record.seed,
+        "target_acc": record.target_acc,
         "stopped": record.stopped,
         "warmup_s": record.warmup_s,
         "wall_s": record.wall_s,

@@ -46,6 +46,7 @@ class Record:
     seed: int
     warmup_s: float = 0.0          # untimed warm-up run (cudnn autotuning, compilation)
     stopped: str = None            # why the runs stopped early, if they did
+    target_acc: float = None       # runs stop at the first epoch whose TTA accuracy reaches it
     results: list = field(default_factory=list)
     summary: Summary = None
     wall_s: float = 0.0            # the whole call, loading and warm-up included
@@ -66,66 +67,115 @@ class _Quiet:
         return lambda *args, **kwargs: None
 
 
-def run_recipe(recipe, runs, device, seed, cifar, listener=None):
-    """Warm up (GPU only), then `runs` timed runs; run i uses seed `seed + i`."""
-    listener = listener or _Quiet()
-    wall = time.perf_counter()
-    cuda = device == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-    data = to_device(cifar, recipe, device)
-    net = build_net(recipe, device)
-    forward = torch.compile(net) if cuda and recipe.compile else net
-    record = Record(recipe=recipe, device=device, data_fingerprint=cifar.fingerprint, seed=seed)
+class Bench:
+    """One recipe made ready on a device (data placed, network built and maybe compiled),
+    then run as often as asked. Several benches can take turns, as `compare` does."""
 
+    def __init__(self, recipe, device, cifar, seed):
+        self.recipe = recipe
+        self.device = device
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.data = to_device(cifar, recipe, device)
+        self.net = build_net(recipe, device)
+        compile_it = device == "cuda" and recipe.compile
+        self.forward = torch.compile(self.net) if compile_it else self.net
+        self.record = Record(recipe=recipe, device=device, data_fingerprint=cifar.fingerprint,
+                             seed=seed)
+
+    def warmup(self, listener):
+        """One untimed run of the same shapes, so cudnn.benchmark and compilation happen
+        here and not in a timed run (GPU only: the CPU has nothing to warm up)."""
+        if self.device != "cuda":
+            return
+        listener.warmup_started()
+        tick = time.perf_counter()
+        train_run(self.recipe, self.data, self.net, self.device, seed=self.record.seed + 2**31,
+                  run=-1, forward=self.forward)
+        torch.cuda.synchronize()
+        self.record.warmup_s = time.perf_counter() - tick
+        listener.warmup_finished(self.record.warmup_s)
+
+    def run(self, i, runs, listener, target_acc=None):
+        listener.run_started(i, runs)
+        result = train_run(self.recipe, self.data, self.net, self.device,
+                           seed=self.record.seed + i, run=i, forward=self.forward,
+                           on_epoch=listener.epoch, on_step=listener.step,
+                           target_acc=target_acc)
+        self.record.results.append(result)
+        listener.run_finished(result)
+        return result
+
+
+def run_benches(benches, runs, listeners, target_acc=None):
+    """Warm each bench up, then runs 0..runs-1, taking turns run by run (so slow drifts of
+    the machine hit every bench alike); returns their records.
+
+    Ctrl-C or a GPU out-of-memory raises Stopped with the finished runs kept."""
+    wall = time.perf_counter()
     try:
-        if cuda:
-            # The same shapes as a real run, so cudnn.benchmark and compilation happen here.
-            listener.warmup_started()
-            tick = time.perf_counter()
-            train_run(recipe, data, net, device, seed=seed + 2**31, run=-1, forward=forward)
-            torch.cuda.synchronize()
-            record.warmup_s = time.perf_counter() - tick
-            listener.warmup_finished(record.warmup_s)
+        for bench, listener in zip(benches, listeners):
+            bench.warmup(listener)
         for i in range(runs):
-            listener.run_started(i, runs)
-            result = train_run(recipe, data, net, device, seed=seed + i, run=i,
-                               forward=forward, on_epoch=listener.epoch, on_step=listener.step)
-            record.results.append(result)
-            listener.run_finished(result)
+            for bench, listener in zip(benches, listeners):
+                bench.run(i, runs, listener, target_acc)
     except KeyboardInterrupt:
         error = None
     except torch.cuda.OutOfMemoryError as e:
-        error = out_of_memory_error(e, recipe)
+        error = out_of_memory_error(e, benches[0].recipe)
     else:
         error = False
-    record.summary = summarize(record.results)
-    record.wall_s = time.perf_counter() - wall
+    records = [bench.record for bench in benches]
+    for record in records:
+        record.target_acc = target_acc
+        record.summary = summarize(record.results)
+        record.wall_s = time.perf_counter() - wall
+        if error is not False:
+            record.stopped = str(error) if error else "interrupted"
     if error is not False:
-        record.stopped = str(error) if error else "interrupted"
-        raise Stopped(record, error)
-    return record
+        raise Stopped(records[0] if len(records) == 1 else records, error)
+    return records
 
 
-def train(recipe="94", runs=1, device=None, seed=0, data_dir=None, overrides=(),
-          listener=None):
-    """Train `runs` times and return a Record (the notebook entry point).
+def run_recipe(recipe, runs, device, seed, cifar, listener=None, target_acc=None):
+    """Warm up (GPU only), then `runs` timed runs; run i uses seed `seed + i`."""
+    bench = Bench(recipe, device, cifar, seed)
+    return run_benches([bench], runs, [listener or _Quiet()], target_acc)[0]
 
-    `recipe` is a name from hlb.recipes.RECIPES or a Recipe; `overrides` are "key=value"
-    strings as on the command line.
-    """
-    wall = time.perf_counter()
+
+def prepare(recipe, runs, device, overrides=()):
+    """Check the arguments of a training call; returns (recipe, device)."""
     if isinstance(recipe, str):
         recipe = get_recipe(recipe)
     recipe = override(recipe, overrides)
     if runs < 1:
         raise UsageError(f"--runs must be at least 1, not {runs}")
-    device = resolve_device(device)
+    return recipe, resolve_device(device)
+
+
+def load_data(data_dir=None):
     # A mirror (HLB_CIFAR10_URL) may repack the archive (HLB_CIFAR10_MD5); the MD5s of the
     # files inside are checked against the official values all the same.
     url = os.environ.get("HLB_CIFAR10_URL") or CIFAR10_URL
     tar_md5 = os.environ.get("HLB_CIFAR10_MD5") or CIFAR10_TAR_MD5
-    cifar = load_cifar10(data_dir or default_data_dir(), url=url, tar_md5=tar_md5)
-    record = run_recipe(recipe, runs, device, seed, cifar, listener)
+    return load_cifar10(data_dir or default_data_dir(), url=url, tar_md5=tar_md5)
+
+
+def train(recipe="94", runs=1, device=None, seed=0, data_dir=None, overrides=(),
+          listener=None, target_acc=None):
+    """Train `runs` times and return a Record (the notebook entry point).
+
+    `recipe` is a name from hlb.recipes.RECIPES or a Recipe; `overrides` are "key=value"
+    strings as on the command line; with `target_acc`, each run stops at the first epoch
+    whose TTA accuracy reaches it (see hlb.train.train_run).
+    """
+    wall = time.perf_counter()
+    recipe, device = prepare(recipe, runs, device, overrides)
+    try:
+        record = run_recipe(recipe, runs, device, seed, load_data(data_dir), listener,
+                            target_acc)
+    except Stopped as e:
+        e.record.wall_s = time.perf_counter() - wall
+        raise
     record.wall_s = time.perf_counter() - wall
     return record

@@ -1,4 +1,5 @@
-"""Statistics over runs: descriptive summaries and Student-t confidence intervals.
+"""Statistics over runs: descriptive summaries, Student-t confidence intervals, and tests of
+the difference between two sets of runs (Welch, paired) with the runs needed to detect one.
 
 Hand-written so that the core needs nothing beyond torch and numpy; checked against tabulated
 values in tests/test_stats.py.
@@ -6,6 +7,8 @@ values in tests/test_stats.py.
 
 import math
 from dataclasses import dataclass
+
+from hlb.errors import UsageError
 
 
 def mean(xs):
@@ -95,6 +98,9 @@ class Summary:
     eval_time_per_epoch: float
     peak_mem_allocated: int
     peak_mem_reserved: int
+    target_reached: int = None     # with a target accuracy: runs that reached it
+    ttt_mean: float = math.nan     # time to target (s) over the runs that reached it
+    ttt_std: float = math.nan
 
 
 def summarize(results):
@@ -118,4 +124,105 @@ def summarize(results):
         eval_time_per_epoch=sum(r.eval_time_s for r in done) / epochs if epochs else nan,
         peak_mem_allocated=max((r.peak_mem_allocated for r in results), default=0),
         peak_mem_reserved=max((r.peak_mem_reserved for r in results), default=0),
+        **_time_to_target(done),
     )
+
+
+def _time_to_target(done):
+    if not any(r.epochs and r.epochs[0].tta_acc is not None for r in done):
+        return {}
+    times = [r.time_to_target for r in done if r.time_to_target is not None]
+    return dict(target_reached=len(times),
+                ttt_mean=mean(times) if times else math.nan,
+                ttt_std=std(times) if times else math.nan)
+
+
+# Comparing two sets of runs: "did my change help?"
+
+
+def normal_cdf(x):
+    # erfc keeps relative precision far into the lower tail, where 1 + erf(x) would not.
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def normal_quantile(p):
+    """The z with P(Z <= z) = p for a standard normal Z, by bisection on normal_cdf."""
+    if p <= 0:
+        return -math.inf
+    if p >= 1:
+        return math.inf
+    lo, hi = -40.0, 40.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if normal_cdf(mid) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+@dataclass
+class DiffTest:
+    """A difference of means, b - a, with its two-sided Student-t test."""
+    test: str                 # "Welch" or "paired"
+    diff: float               # mean(b) - mean(a); for paired, the mean of b_i - a_i
+    ci95: tuple               # 95% confidence interval of diff
+    p_value: float            # two-sided, for the null hypothesis diff == 0
+    df: float                 # degrees of freedom (fractional for Welch)
+    se: float                 # standard error of diff
+
+
+def _t_test(test, diff, se, df, level=0.95):
+    if not (se >= 0 and df > 0):                  # also catches NaN
+        return DiffTest(test, diff, (math.nan, math.nan), math.nan, math.nan, math.nan)
+    if se == 0:
+        # No spread at all: the difference is exact, zero or not.
+        return DiffTest(test, diff, (diff, diff), 1.0 if diff == 0 else 0.0, df, se)
+    half = t_quantile(0.5 + level / 2, df) * se
+    p = min(1.0, 2 * t_cdf(-abs(diff) / se, df))
+    return DiffTest(test, diff, (diff - half, diff + half), p, df, se)
+
+
+def welch_test(a, b):
+    """Welch's unequal-variance t-test of mean(b) - mean(a), Welch-Satterthwaite df.
+
+    Needs two values in each arm; with fewer, diff may be known but the rest is NaN.
+    """
+    diff = mean(b) - mean(a) if a and b else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return _t_test("Welch", diff, math.nan, math.nan)
+    va, vb = std(a) ** 2 / len(a), std(b) ** 2 / len(b)
+    if va + vb == 0:
+        df = len(a) + len(b) - 2               # the formula is 0/0; take the pooled df
+    else:
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return _t_test("Welch", diff, math.sqrt(va + vb), df)
+
+
+def paired_test(a, b):
+    """Paired t-test on the differences b_i - a_i (n - 1 df); a and b pair up by index."""
+    if len(a) != len(b):
+        raise UsageError(f"a paired test needs arms of equal length, not {len(a)} and {len(b)}")
+    d = [y - x for x, y in zip(a, b)]
+    if len(d) < 2:
+        return _t_test("paired", d[0] if d else math.nan, math.nan, math.nan)
+    return _t_test("paired", mean(d), std(d) / math.sqrt(len(d)), len(d) - 1)
+
+
+def runs_needed(diff, std_a, std_b, alpha=0.05, power=0.8, paired_std=None):
+    """Runs per arm for a two-sided test at level `alpha` to detect `diff` with `power`.
+
+    Normal approximation: n = (z_{1-alpha/2} + z_power)^2 (std_a^2 + std_b^2) / diff^2, or
+    with paired_std (the std of the pairwise differences) n = (...)^2 paired_std^2 / diff^2.
+    It slightly undercounts for small n, where a t-test has heavier tails; the answer is
+    rounded up and at least 2, the fewest runs that give a std. A zero diff needs infinitely
+    many runs (math.inf); a NaN or None input gives NaN.
+    """
+    spread = [paired_std] if paired_std is not None else [std_a, std_b]
+    if any(v is None or math.isnan(v) for v in [diff, *spread]):
+        return math.nan
+    if diff == 0:
+        return math.inf
+    z = normal_quantile(1 - alpha / 2) + normal_quantile(power)
+    variance = sum(s * s for s in spread)
+    return max(2, math.ceil(z * z * variance / (diff * diff)))

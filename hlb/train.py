@@ -40,6 +40,7 @@ class EpochRow:
     val_loss: float     # plain (no TTA) test loss
     val_acc: float      # plain (no TTA) test accuracy
     time_s: float       # timed seconds so far in this run
+    tta_acc: float = None  # only with a target: the timed TTA check at this epoch's end
 
 
 @dataclass
@@ -52,6 +53,7 @@ class RunResult:
     eval_time_s: float = 0.0      # untimed per-epoch evaluation, summed over epochs
     epochs: list = field(default_factory=list)
     diverged: bool = False
+    time_to_target: float = None  # timed seconds until the target TTA accuracy, if reached
     peak_mem_allocated: int = 0   # bytes, GPU only
     peak_mem_reserved: int = 0
 
@@ -126,8 +128,11 @@ def _input_dtype(recipe, device):
 
 
 def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=None,
-              forward=None):
+              forward=None, target_acc=None):
     """Train `net` (reset here) once and return a RunResult.
+
+    With `target_acc`, the TTA accuracy is measured at the end of every epoch inside the
+    timed region (its cost counts), and the run stops at the first epoch that reaches it.
 
     `forward` is the callable used for the training and evaluation passes (for example a
     compiled `net`); it defaults to `net` itself. `on_epoch(row)` and `on_step(run, epoch,
@@ -158,7 +163,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
     test_images = normalize(data.test_images, dtype).contiguous(memory_format=memory_format)
     init_whitening(net, train_images[:recipe.whiten_init_images], recipe.whiten_eps)
     batches = TrainBatches(train_images, data.train_labels, recipe.batch_size, recipe.flip,
-                           recipe.translate)
+                           recipe.translate, cutout=recipe.cutout)
     # The slow copy starts from the whitened network, not the random one.
     lookahead = Lookahead(net, recipe.lookahead_every, recipe.lookahead_decay, total_steps)
     watch.stop()
@@ -195,6 +200,11 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
             if step >= total_steps:
                 lookahead.finish()
                 break
+        check = None
+        if target_acc is not None:
+            check, _ = evaluate(forward, test_images, data.test_labels, recipe.tta_level,
+                                recipe.eval_batch_size)
+            check = check.item()       # the sync is part of the check's cost
         watch.stop()
 
         train_loss = loss_sum.item() / seen
@@ -207,17 +217,23 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
         val_acc, val_loss = evaluate(forward, test_images, data.test_labels, 0,
                                      recipe.eval_batch_size)
         row = EpochRow(run, epoch + 1, train_loss, correct.item() / seen, val_loss.item(),
-                       val_acc.item(), watch.seconds)
+                       val_acc.item(), watch.seconds, check)
         result.eval_time_s += time.perf_counter() - tick
         result.epochs.append(row)
         if on_epoch:
             on_epoch(row)
+        if check is not None and check >= target_acc:
+            result.time_to_target = watch.seconds
+            break
 
-    watch.start()
-    tta_acc, _ = evaluate(forward, test_images, data.test_labels, recipe.tta_level,
-                          recipe.eval_batch_size)
-    watch.stop()
-    result.tta_acc = tta_acc.item()
+    if target_acc is None:
+        watch.start()
+        tta_acc, _ = evaluate(forward, test_images, data.test_labels, recipe.tta_level,
+                              recipe.eval_batch_size)
+        watch.stop()
+        result.tta_acc = tta_acc.item()
+    else:
+        result.tta_acc = check         # the last check is the final TTA evaluation
     result.val_acc = result.epochs[-1].val_acc
     result.train_time_s = watch.seconds
     if cuda:
