@@ -33,6 +33,9 @@ def build_parser():
     p.add_argument("--json", default=None, metavar="PATH", help="write the full record here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set epochs=8 (repeatable)")
+    p.add_argument("--no-save", action="store_true",
+                   help="do not keep the record under the runs folder "
+                        "($HLB_RUNS_DIR, default ./runs)")
     p.add_argument("--target-acc", type=float, default=None, metavar="ACC",
                    help="stop each run at the first epoch whose TTA accuracy reaches ACC "
                         "(a fraction, e.g. 0.94); the check is timed")
@@ -54,6 +57,8 @@ def build_compare_parser():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", default=None, metavar="PATH",
                    help="write both records and the comparison here")
+    p.add_argument("--no-save", action="store_true",
+                   help="do not keep each arm's record under the runs folder")
     return p
 
 
@@ -87,9 +92,8 @@ def _check_writable(path):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["compare"]:
-            return _compare(argv[1:])
-        return _main(argv)
+        command = {"compare": _compare, "plot": _plot, "runs": _runs}.get(argv[0] if argv else "")
+        return command(argv[1:]) if command else _main(argv)
     except HlbError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -100,6 +104,7 @@ def main(argv=None):
 
 def _main(argv):
     # Imported here so that `--help` and flag errors answer without loading torch.
+    from hlb.records import default_runs_dir, save_record
     from hlb.report import Table, record_dict, summary_lines, write_json_atomic
     from hlb.train import DIVERGED_LOSS
     from hlb.runs import Stopped, resolve_device, train
@@ -125,13 +130,16 @@ def _main(argv):
         # Keep what finished: the summary and the record hold the completed runs.
         record, error = e.record, e.error or KeyboardInterrupt()
     print("\n".join(summary_lines(record)))
+    data = record_dict(record, argv)
     if args.json:
         try:
-            write_json_atomic(args.json, record_dict(record, argv))
+            write_json_atomic(args.json, data)
         except OSError as e:
             raise HlbError(f"could not write the record {args.json} ({e.strerror or e}); "
                            "nothing was left behind") from None
         print(f"  record written to {args.json}")
+    if not args.no_save:
+        print(f"  record kept in {save_record(data, default_runs_dir())}")
     if isinstance(error, KeyboardInterrupt):
         print(f"interrupted after {len(record.results)} finished run(s)", file=sys.stderr)
         return 130
@@ -146,6 +154,7 @@ def _main(argv):
 
 def _compare(argv):
     from hlb.compare import compare, comparison_dict, comparison_lines, compare_records
+    from hlb.records import default_runs_dir, save_record
     from hlb.report import Table, record_dict, summary_lines, write_json_atomic
     from hlb.runs import Bench, Stopped, load_data, resolve_device, run_benches
 
@@ -186,9 +195,36 @@ def _compare(argv):
         print(f"arm {name}: " + "\n".join(summary_lines(record)))
     comparison = compare(records[0].results, records[1].results)
     print("\n".join(comparison_lines(comparison)))
+    arms = {"a": record_dict(records[0], shlex.split(args.a)),
+            "b": record_dict(records[1], shlex.split(args.b))}
     if args.json:
-        write_json_atomic(args.json, {"comparison": comparison_dict(comparison),
-                                      "a": record_dict(records[0], ["compare", "--a", args.a]),
-                                      "b": record_dict(records[1], ["compare", "--b", args.b])})
+        write_json_atomic(args.json, {"comparison": comparison_dict(comparison), **arms})
         print(f"  record written to {args.json}")
+    if not args.no_save:
+        for name, data in arms.items():
+            print(f"  arm {name.upper()} kept in {save_record(data, default_runs_dir())}")
     return 130 if interrupted else 0
+
+
+def _plot(argv):
+    from hlb.plot import plot_records
+
+    p = _Parser(prog="python main.py plot",
+                description="Plot records: accuracy against time, final accuracies side by "
+                            "side, loss curves (needs requirements-plot.txt).")
+    p.add_argument("records", nargs="+", metavar="RECORD.json")
+    p.add_argument("-o", "--output", default="plot.png", help="PNG to write (default plot.png)")
+    args = p.parse_args(argv)
+    print(f"plot written to {plot_records(args.records, args.output)}")
+    return 0
+
+
+def _runs(argv):
+    from hlb.records import default_runs_dir, list_records, records_table
+
+    p = _Parser(prog="python main.py runs", description="List the kept records, newest first.")
+    p.add_argument("--dir", default=None, help="runs folder (default $HLB_RUNS_DIR or ./runs)")
+    args = p.parse_args(argv)
+    runs_dir = Path(args.dir) if args.dir else default_runs_dir()
+    print("\n".join(records_table(list_records(runs_dir), runs_dir)))
+    return 0

@@ -6,11 +6,11 @@ cancels what the seed alone decides; otherwise Welch's t-test compares the means
 runs are left out (and counted); a broken pair is left out of the paired test.
 """
 
-import json
 import math
 from dataclasses import asdict, dataclass
 
 from hlb.errors import HlbError, UsageError
+from hlb.records import read_record
 from hlb.report import jsonable
 from hlb.stats import DiffTest, mean, paired_test, runs_needed, std, welch_test
 
@@ -160,20 +160,8 @@ def comparison_dict(c):
 
 def load_record(path):
     """Read a record written by `main.py --json` (hlb.report.record_dict) and check its runs."""
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except FileNotFoundError:
-        raise HlbError(f"no record at {path}; give a file written by main.py --json") from None
-    except json.JSONDecodeError as e:
-        raise HlbError(f"{path} is not JSON ({e.msg}, line {e.lineno}); give a file written "
-                       f"by main.py --json") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise HlbError(f"cannot read record {path}: {e}") from None
-    runs = record.get("runs") if isinstance(record, dict) else None
-    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
-        raise HlbError(f"{path} is not an hlb record (no list of runs); give a file written by "
-                       f"main.py --json")
+    record = read_record(path)
+    runs = record["runs"]
     for i, run in enumerate(runs):
         missing = [k for k in RUN_KEYS if k not in run]
         if missing:

@@ -43,3 +43,11 @@ def synthetic_cifar(n_train=512, n_test=256, seed=0):
     test_images, test_labels = split(n_test)
     classes = tuple(f"class{i}" for i in range(10))
     return Cifar10(train_images, train_labels, test_images, test_labels, classes, "synthetic")
+
+
+@pytest.fixture(autouse=True)
+def runs_dir(tmp_path_factory, monkeypatch):
+    """Records that commands keep go to a temporary runs folder, not the repository's."""
+    path = tmp_path_factory.mktemp("runs")
+    monkeypatch.setenv("HLB_RUNS_DIR", str(path))
+    return path

@@ -18,7 +18,7 @@ def synthetic_data(monkeypatch):
     monkeypatch.setattr(hlb.runs, "load_cifar10", lambda *args, **kwargs: data)
 
 
-def test_compare_runs_both_arms_interleaved_with_the_same_seeds(tmp_path, capsys):
+def test_compare_runs_both_arms_interleaved_with_the_same_seeds(tmp_path, runs_dir, capsys):
     out = tmp_path / "cmp.json"
     flags = " ".join(TINY)
     status = main(["compare", "--recipe", "smoke", "--device", "cpu", "--runs", "3",
@@ -31,8 +31,10 @@ def test_compare_runs_both_arms_interleaved_with_the_same_seeds(tmp_path, capsys
              in line]
     assert order == ["A", "B", "A", "B", "A", "B"]
     assert "paired over 3 seeds" in text
-    assert text.strip().splitlines()[-2].split(":")[0] in (
-        "no detectable difference", "B is better than A", "B is worse than A")
+    verdicts = [line for line in text.splitlines() if line.startswith(
+        ("no detectable difference:", "B is better than A:", "B is worse than A:"))]
+    assert len(verdicts) == 1
+    assert len(list(runs_dir.glob("*/record.json"))) == 2       # each arm's record is kept
     record = json.loads(out.read_text())
     assert [r["seed"] for r in record["a"]["runs"]] == [7, 8, 9]
     assert [r["seed"] for r in record["b"]["runs"]] == [7, 8, 9]
@@ -102,3 +104,24 @@ def test_an_unreached_target_is_reported(tmp_path, capsys):
 def test_target_must_be_a_fraction(capsys):
     assert main(["--target-acc", "94"]) == 2
     assert "--target-acc is a fraction" in capsys.readouterr().err
+
+
+def test_records_are_kept_listed_and_plotted(runs_dir, tmp_path, capsys):
+    assert main(["--recipe", "smoke", "--device", "cpu", *TINY, "--set", "lr=6"]) == 0
+    assert "record kept in " + str(runs_dir) in capsys.readouterr().out
+    assert main(["--recipe", "smoke", "--device", "cpu", *TINY, "--no-save"]) == 0
+    assert main(["runs"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len([line for line in table if "lr=6" in line]) == 1
+    assert not any("no records" in line for line in table)
+    pytest.importorskip("matplotlib")
+    kept = sorted(runs_dir.glob("*/record.json"))
+    assert len(kept) == 1
+    out = tmp_path / "p.png"
+    assert main(["plot", str(kept[0]), "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_on_an_empty_folder(tmp_path, capsys):
+    assert main(["runs", "--dir", str(tmp_path / "none")]) == 0
+    assert "no records in" in capsys.readouterr().out

@@ -1,0 +1,272 @@
+"""One picture of one or more records: accuracy over time, final accuracies, losses.
+
+    python -m hlb.plot a.json b.json -o plot.png
+
+Tooling beside the recipe: it reads the JSON records that `main.py --json` writes and never
+imports the training code. Needs matplotlib (requirements-plot.txt), imported only when called.
+"""
+
+import math
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+from hlb.errors import HlbError, UsageError
+from hlb.records import read_record, set_overrides
+
+INSTALL_HINT = "plotting needs matplotlib: python -m pip install -r requirements-plot.txt"
+DPI = 120
+MAX_LABEL = 48      # characters; a long --set list would squeeze the panels
+BOX_MIN_RUNS = 5    # quartiles of fewer runs say less than the dots themselves
+
+
+def _matplotlib():
+    try:
+        # A Figure with its own Agg canvas, not pyplot: no global backend switch, no window,
+        # and nothing left open in a notebook that imports this.
+        import matplotlib  # noqa: F401  (first: submodules may be cached without it)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+    except ImportError:
+        raise HlbError(INSTALL_HINT) from None
+    return Figure, FigureCanvasAgg, Line2D
+
+
+def _num(value):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else math.nan
+
+
+def _mean(values):
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _std(values):
+    m = _mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+class _Arm:
+    """What the panels need from one record, with nulls read as NaN."""
+
+    def __init__(self, record, path):
+        self.path = Path(path)
+        self.record = record
+        runs = record["runs"]
+        self.finished = [r for r in runs if not r.get("diverged")]
+        self.diverged = len(runs) - len(self.finished)
+        self.tta = [100 * _num(r.get("tta_acc")) for r in self.finished]
+        self.train_time = [_num(r.get("train_time_s")) for r in self.finished]
+        self.curves = {}        # run number -> its epoch rows, in epoch order
+        for row in record.get("epochs", []):
+            self.curves.setdefault(row.get("run"), []).append(row)
+        for rows in self.curves.values():
+            rows.sort(key=lambda row: _num(row.get("epoch")))
+        finished_runs = {r.get("run") for r in self.finished}
+        # Means over finished runs only: a diverged run's last epochs would drag them down.
+        self.mean_rows = {}     # epoch -> {key: mean over runs}
+        by_epoch = {}
+        for run, rows in self.curves.items():
+            if run in finished_runs:
+                for row in rows:
+                    by_epoch.setdefault(_num(row.get("epoch")), []).append(row)
+        for epoch, rows in sorted(by_epoch.items()):
+            self.mean_rows[epoch] = {k: _mean([_num(r.get(k)) for r in rows])
+                                     for k in ("val_acc", "time_s", "train_loss", "val_loss")}
+
+    def base_label(self):
+        recipe = self.record.get("recipe")
+        name = recipe.get("name") if isinstance(recipe, dict) else None
+        if not name:
+            return self.stem()
+        label = " ".join([str(name)] + set_overrides(self.record.get("argv")))
+        return label if len(label) <= MAX_LABEL else label[:MAX_LABEL - 1] + "…"
+
+    def stem(self):
+        # Records saved by hlb.records are all named record.json; their folder says more.
+        return self.path.parent.name if self.path.stem == "record" else self.path.stem
+
+    def count(self):
+        n = f"n={len(self.finished)}"
+        return n + (f", {self.diverged} diverged" if self.diverged else "")
+
+
+def _labels(arms, labels):
+    if labels is not None:
+        if len(labels) != len(arms):
+            raise UsageError(f"{len(labels)} labels for {len(arms)} records")
+        return [f"{label} ({arm.count()})" for label, arm in zip(labels, arms)]
+    base = [arm.base_label() for arm in arms]
+    # Two arms of one recipe without --set would look the same: tell them apart by file.
+    return [f"{b} [{arm.stem()}] ({arm.count()})" if base.count(b) > 1 else
+            f"{b} ({arm.count()})" for b, arm in zip(base, arms)]
+
+
+def _panel_accuracy(ax, arms, colors, Line2D):
+    for arm, color in zip(arms, colors):
+        for rows in arm.curves.values():
+            ax.plot([_num(r.get("time_s")) for r in rows],
+                    [100 * _num(r.get("val_acc")) for r in rows],
+                    color=color, lw=0.8, alpha=0.45)
+        means = list(arm.mean_rows.values())
+        ax.plot([m["time_s"] for m in means], [100 * m["val_acc"] for m in means],
+                color=color, lw=2.5, marker="o", ms=4)
+        # A dotted step from each run's last epoch to its TTA star says which star is whose.
+        for run in arm.finished:
+            rows = arm.curves.get(run.get("run"))
+            if rows:
+                ax.plot([_num(rows[-1].get("time_s")), _num(run.get("train_time_s"))],
+                        [100 * _num(rows[-1].get("val_acc")), 100 * _num(run.get("tta_acc"))],
+                        color=color, lw=0.8, ls=":", alpha=0.6)
+        ax.scatter(arm.train_time, arm.tta, marker="*", s=120, color=color,
+                   edgecolors="black", linewidths=0.6, zorder=3)
+    ax.set_title("(a) test accuracy during training")
+    ax.set_xlabel("timed seconds since the run started (s)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    key = [Line2D([], [], color="gray", lw=0.8, alpha=0.6, label="one run, plain, per epoch"),
+           Line2D([], [], color="gray", lw=2.5, marker="o", ms=4, label="mean over runs"),
+           Line2D([], [], color="gray", marker="*", ms=11, ls="", markeredgecolor="black",
+                  label="final TTA accuracy of a run (dotted from its last epoch)")]
+    ax.legend(handles=key, loc="best", fontsize=8)
+
+
+def _seconds(x):
+    return f"{x:.3f} s" if x < 10 else f"{x:.1f} s"
+
+
+def _arm_stats(arm):
+    accs = [a for a in arm.tta if math.isfinite(a)]
+    if not accs:
+        return ""
+    spread = f" ± {_std(accs):.2f} sd" if len(accs) > 1 else ""
+    return f"\nmean {_mean(accs):.2f}%{spread}\nmean time {_seconds(_mean(arm.train_time))}"
+
+
+def _panel_final(ax, arms, colors, names):
+    jitter = random.Random(0)       # the same picture for the same records
+    positions = list(range(1, len(arms) + 1))
+    for pos, arm, color in zip(positions, arms, colors):
+        accs = [a for a in arm.tta if math.isfinite(a)]
+        if not accs:
+            continue
+        if len(accs) >= BOX_MIN_RUNS:
+            box = ax.boxplot([accs], positions=[pos], widths=0.5, showfliers=False,
+                             patch_artist=True, medianprops={"color": color, "lw": 1.5})
+            for patch in box["boxes"]:
+                patch.set(facecolor=color, alpha=0.15, edgecolor=color)
+        ax.scatter([pos + jitter.uniform(-0.13, 0.13) for _ in accs], accs, color=color,
+                   s=40, alpha=0.85, edgecolors="black", linewidths=0.4, zorder=3)
+        mean = _mean(accs)
+        ax.scatter([pos], [mean], marker="D", s=60, color="white", edgecolors="black",
+                   linewidths=1.2, zorder=4)
+    # The numbers go under each arm, not beside it: many arms cannot overlap them there.
+    ticks = [name.replace(" (", "\n(") + _arm_stats(arm) for name, arm in zip(names, arms)]
+    ax.set_xticks(positions, ticks, fontsize=8)
+    ax.set_xlim(0.4, len(arms) + 0.6)
+    ax.set_title(f"(b) final TTA accuracy, a dot per run (◇ mean, box at n ≥ {BOX_MIN_RUNS})")
+    ax.set_ylabel("TTA test accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _panel_loss(ax, arms, colors, Line2D):
+    for arm, color in zip(arms, colors):
+        epochs = list(arm.mean_rows)
+        means = list(arm.mean_rows.values())
+        ax.plot(epochs, [m["train_loss"] for m in means], color=color, ls="--", marker="o",
+                ms=3)
+        ax.plot(epochs, [m["val_loss"] for m in means], color=color, ls="-", marker="o", ms=3)
+    ax.set_title("(c) loss, mean over runs")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss per image")
+    ax.grid(alpha=0.3)
+    if any(float(e).is_integer() for arm in arms for e in arm.mean_rows):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    key = [Line2D([], [], color="gray", ls="--", label="train (augmented batches)"),
+           Line2D([], [], color="gray", ls="-", label="test (plain)")]
+    ax.legend(handles=key, loc="upper right", fontsize=8)
+
+
+def _title(arms):
+    where = []
+    for arm in arms:
+        env = arm.record.get("environment")
+        env = env if isinstance(env, dict) else {}
+        device = env.get("gpu") or arm.record.get("device") or "unknown device"
+        torch = f"torch {env['torch']}" if env.get("torch") else ""
+        text = ", ".join(x for x in (str(device), torch) if x)
+        if text not in where:
+            where.append(text)
+    title = f"CIFAR-10, {len(arms)} record{'s' * (len(arms) != 1)} on " + "; ".join(where)
+    if len(where) > 1:
+        title += "  (different machines: compare times with care)"
+    return title
+
+
+def plot_records(paths, out_png, labels=None):
+    """Draw the records at `paths` into one PNG at `out_png` (written atomically); return it.
+
+    labels: names for the records in the legend (default: recipe and --set values, with the
+    file's name when two would read the same); each gets its run count appended.
+    """
+    Figure, FigureCanvasAgg, Line2D = _matplotlib()
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise UsageError("nothing to plot: give at least one record written by main.py --json")
+    out = Path(out_png)
+    if not out.parent.is_dir():
+        raise HlbError(f"cannot write the plot {out}: folder {out.parent} does not exist")
+    arms = [_Arm(read_record(p), p) for p in paths]
+    names = _labels(arms, labels)
+    colors = [f"C{i % 10}" for i in range(len(arms))]
+
+    fig = Figure(figsize=(17, 6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_acc, ax_final, ax_loss = fig.subplots(1, 3, width_ratios=[1.3, 1, 1])
+    _panel_accuracy(ax_acc, arms, colors, Line2D)
+    _panel_final(ax_final, arms, colors, names)
+    _panel_loss(ax_loss, arms, colors, Line2D)
+    fig.suptitle(_title(arms))
+    handles = [Line2D([], [], color=c, lw=2.5) for c in colors]
+    fig.legend(handles, names, loc="outside lower center", ncols=min(len(arms), 4))
+    _save_atomic(fig, out)
+    return out
+
+
+def _save_atomic(fig, out):
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=DPI)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise HlbError(f"could not write the plot {out} ({e.strerror or e})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m hlb.plot",
+                                description="Plot records written by main.py --json.")
+    p.add_argument("records", nargs="+", help="record files (JSON)")
+    p.add_argument("-o", "--out", default="plot.png", help="PNG to write (default plot.png)")
+    args = p.parse_args(argv)
+    try:
+        print(plot_records(args.records, args.out))
+    except HlbError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

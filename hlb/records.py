@@ -1,0 +1,200 @@
+"""Keeping records: one folder per saved record under a runs directory, and a table of them.
+
+    runs/20250101-120000-smoke-1a2b3c4d/record.json
+
+A record is the dict that `main.py --json` writes (hlb.report.record_dict). The folder name
+starts with the save time so `ls` sorts it; the short hash of the JSON text keeps two saves in
+the same second apart (two identical records share a folder, which loses nothing).
+
+    python -m hlb.records [RUNS_DIR]     # prints the table, newest first
+"""
+
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from hlb.errors import HlbError
+from hlb.report import write_json_atomic
+
+RECORD_FILE = "record.json"
+_HINT = "give a file written by main.py --json"
+
+
+def default_runs_dir():
+    return Path(os.environ.get("HLB_RUNS_DIR") or "runs")
+
+
+def _folder_name(record, text):
+    recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
+    # The name becomes part of a path; keep it to characters every file system accepts.
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(recipe.get("name") or "record"))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{digest}"
+
+
+def save_record(record, runs_dir):
+    """Write `record` to runs_dir/<YYYYmmdd-HHMMSS>-<recipe>-<hash8>/record.json; return it."""
+    if not isinstance(record, dict):
+        raise HlbError(f"cannot save {type(record).__name__} as a record; give a dict as "
+                       f"written by hlb.report.record_dict")
+    # The same text write_json_atomic writes, so the hash names exactly the file's content.
+    text = json.dumps(record, indent=1) + "\n"
+    folder = Path(runs_dir) / _folder_name(record, text)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / RECORD_FILE, record)
+    except OSError as e:
+        if created:
+            _remove_empty(folder)
+        raise HlbError(f"could not save the record in {folder} ({e.strerror or e})") from None
+    return folder / RECORD_FILE
+
+
+def _remove_empty(folder):
+    try:
+        folder.rmdir()      # only succeeds when empty: never removes anything written
+    except OSError:
+        pass
+
+
+def read_record(path):
+    """Read and check a record file; any problem is one HlbError line naming the file."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        raise HlbError(f"no record at {path}; {_HINT}") from None
+    except IsADirectoryError:
+        raise HlbError(f"{path} is a folder, not a record; {_HINT}") from None
+    except json.JSONDecodeError as e:
+        raise HlbError(f"{path} is not JSON ({e.msg}, line {e.lineno}); {_HINT}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise HlbError(f"cannot read record {path} ({getattr(e, 'strerror', None) or e})") \
+            from None
+    if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
+        raise HlbError(f"{path} is not an hlb record (no list of runs); {_HINT}")
+    if not isinstance(record.get("epochs", []), list) or not all(
+            isinstance(r, dict) for r in record["runs"] + record.get("epochs", [])):
+        raise HlbError(f"{path} is not an hlb record (runs or epochs are not rows); {_HINT}")
+    return record
+
+
+def set_overrides(argv):
+    """The `--set key=value` values in a command line, in order ([] when argv is None)."""
+    found = []
+    args = list(argv or [])
+    for i, arg in enumerate(args):
+        if arg == "--set" and i + 1 < len(args):
+            found.append(str(args[i + 1]))
+        elif isinstance(arg, str) and arg.startswith("--set="):
+            found.append(arg[len("--set="):])
+    return found
+
+
+def _number(value):
+    # Records write NaN as null; a missing mean reads back as NaN, never as a crash.
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _parse_date(text):
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z")
+    except (TypeError, ValueError):
+        return None
+
+
+def _row(path, record):
+    summary = record.get("summary") if isinstance(record.get("summary"), dict) else {}
+    env = record.get("environment") if isinstance(record.get("environment"), dict) else {}
+    recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
+    date = _parse_date(env.get("date"))
+    return {
+        "path": path,
+        "date": date.strftime("%Y-%m-%d %H:%M:%S") if date else "",
+        "recipe": str(recipe.get("name") or "?"),
+        "n": summary.get("n", len(record["runs"])),
+        "diverged": summary.get("diverged", 0),
+        "acc_mean": _number(summary.get("acc_mean")),
+        "time_mean": _number(summary.get("time_mean")),
+        "overrides": set_overrides(record.get("argv")),
+        "device": record.get("device") or "",
+        "gpu": env.get("gpu") or "",
+        "error": None,
+        # Newest first by the record's own date; the file's time when the date is missing.
+        "_sort": date.timestamp() if date else path.stat().st_mtime,
+    }
+
+
+def list_records(runs_dir):
+    """One row per runs_dir/*/record.json, newest first.
+
+    A record that cannot be read or is not a record is not dropped silently: it gets a row
+    with "error" set to the one-line reason (its other fields empty), after the good rows,
+    so a table shows it and `sum(r["error"] is not None for r in rows)` counts them.
+    A missing or empty runs_dir gives [].
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    good, bad = [], []
+    for path in sorted(runs_dir.glob(f"*/{RECORD_FILE}")):
+        try:
+            good.append(_row(path, read_record(path)))
+        except (HlbError, OSError) as e:
+            bad.append({"path": path, "date": "", "recipe": "", "n": 0, "diverged": 0,
+                        "acc_mean": math.nan, "time_mean": math.nan, "overrides": [],
+                        "device": "", "gpu": "", "error": str(e)})
+    good.sort(key=lambda r: r["_sort"], reverse=True)
+    for row in good:
+        del row["_sort"]
+    return good + bad
+
+
+def _cells(row):
+    if row["error"]:
+        # The reason names the file, so it stands in the path column.
+        return ["", "(unreadable)", "", "", "", "", "", row["error"]]
+    n = f"{row['n']}" + (f"+{row['diverged']}d" if row["diverged"] else "")
+    acc = "" if math.isnan(row["acc_mean"]) else f"{100 * row['acc_mean']:.2f}"
+    secs = "" if math.isnan(row["time_mean"]) else f"{row['time_mean']:.3f}"
+    device = row["gpu"] or row["device"]
+    return [row["date"], row["recipe"], n, acc, secs, device, " ".join(row["overrides"]),
+            str(row["path"])]
+
+
+def records_table(rows, runs_dir=None):
+    """Fixed-width lines: one header and one line per row (n "3+1d": 3 finished, 1 diverged)."""
+    if not rows:
+        where = runs_dir if runs_dir is not None else default_runs_dir()
+        return [f"no records in {where}"]
+    header = ["date", "recipe", "n", "acc %", "time s", "device", "overrides", "path"]
+    right = {"n", "acc %", "time s"}     # numbers line up on the right
+    body = [_cells(r) for r in rows]
+    # The last column (path) is left unpadded: it is the long one and ends the line.
+    widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(header[:-1])]
+
+    def line(cells):
+        padded = [c.rjust(w) if h in right else c.ljust(w)
+                  for h, c, w in zip(header, cells, widths)]
+        return "  ".join(padded + [cells[-1]]).rstrip()
+
+    rule = line(["-" * w for w in widths] + ["-" * len(header[-1])])
+    return [line(header), rule] + [line(c) for c in body]
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    runs_dir = Path(argv[0]) if argv else default_runs_dir()
+    print("\n".join(records_table(list_records(runs_dir), runs_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
