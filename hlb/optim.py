@@ -1,4 +1,4 @@
-"""Optimizer, learning-rate schedule and Lookahead.
+"""Optimizers (Nesterov SGD, and Muon for conv filters), learning-rate schedule, Lookahead.
 
 Hyperparameters arrive in decoupled form (per 1024 examples, independent of momentum) and are
 converted here to what torch.optim.SGD expects for a summed loss.
@@ -21,18 +21,79 @@ def sgd_settings(recipe):
     return lr, lr * recipe.bias_lr_scale, decay
 
 
-def make_optimizer(net, recipe):
+def newton_schulz(g, steps, eps=1e-7):
+    """An approximately orthogonal matrix with g's singular vectors: U V^T for g = U S V^T.
+
+    A quintic iteration pushes every singular value of g (scaled so they are <= 1) toward 1;
+    its coefficients favour speed over exactness, leaving values roughly in 0.7..1.2, which
+    trains as well. bf16 on a GPU, where it is the fast path; fp32 on a CPU.
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16() if g.is_cuda else g.float()
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T                          # iterate on the smaller Gram matrix
+    x = x / (x.norm() + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum, then an orthogonalised update, for conv filters (reshaped to out x in*k*k).
+
+    Each filter bank is rescaled to Frobenius norm sqrt(out_channels) before its step: a fixed
+    norm stands in for weight decay, and makes `lr` a step size relative to the weights.
+    """
+
+    def __init__(self, params, lr, momentum, ns_steps):
+        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum", torch.zeros_like(p.grad))
+                buf.mul_(group["momentum"]).add_(p.grad)
+                g = p.grad.add(buf, alpha=group["momentum"])      # Nesterov
+                p.mul_(len(p) ** 0.5 / p.norm())
+                update = newton_schulz(g.reshape(len(g), -1), group["ns_steps"])
+                p.add_(update.view_as(p), alpha=-group["lr"])
+
+
+def make_optimizers(net, recipe):
+    """The optimizers of one run. Each param group's `peak_lr` is what the schedule scales."""
     lr, bias_lr, decay = sgd_settings(recipe)
-    bn_biases, others = [], []
+    muon = recipe.optimizer == "muon"
+    filters, bn_biases, others = [], [], []
     for module in net.modules():
         for p in module.parameters(recurse=False):
             if not p.requires_grad:
                 continue
-            (bn_biases if isinstance(module, nn.BatchNorm2d) else others).append(p)
+            if muon and p.ndim == 4:
+                filters.append(p)
+            elif isinstance(module, nn.BatchNorm2d):
+                bn_biases.append(p)
+            elif p is net.whiten.bias:
+                pass
+            else:
+                others.append(p)
+    whiten_lr = lr * recipe.whiten_bias_lr_scale
     # torch SGD multiplies weight_decay by lr, so dividing by lr keeps decay independent of it.
     groups = [dict(params=bn_biases, lr=bias_lr, weight_decay=decay / bias_lr),
+              dict(params=[net.whiten.bias], lr=whiten_lr, weight_decay=decay / whiten_lr),
               dict(params=others, lr=lr, weight_decay=decay / lr)]
-    return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True)
+    optimizers = [torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True)]
+    if muon:
+        optimizers.append(Muon(filters, recipe.muon_lr, recipe.muon_momentum,
+                               recipe.muon_ns_steps))
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["peak_lr"] = group["lr"]
+    return optimizers
 
 
 def lr_multiplier(step, total_steps, warmup_frac, start, end):

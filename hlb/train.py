@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from hlb.augment import TrainBatches, normalize
 from hlb.evaluate import evaluate
 from hlb.model import init_whitening, make_net
-from hlb.optim import Lookahead, lr_multiplier, make_optimizer
+from hlb.optim import Lookahead, lr_multiplier, make_optimizers
 
 
 # A run whose mean loss per image passes this has diverged: a healthy one starts near
@@ -153,9 +153,8 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
     total_steps = recipe.total_steps()
     steps_per_epoch = recipe.steps_per_epoch()
     freeze_step = round(recipe.whiten_bias_epochs * steps_per_epoch)
-    optimizer = make_optimizer(net, recipe)
-    for group in optimizer.param_groups:
-        group["peak_lr"] = group["lr"]
+    optimizers = make_optimizers(net, recipe)
+    groups = [group for optimizer in optimizers for group in optimizer.param_groups]
     watch = Stopwatch(device)
 
     watch.start()
@@ -183,10 +182,11 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
             loss.backward()
             multiplier = lr_multiplier(step, total_steps, recipe.warmup_frac,
                                        recipe.lr_start, recipe.lr_end)
-            for group in optimizer.param_groups:
+            for group in groups:
                 group["lr"] = group["peak_lr"] * multiplier
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.step()
+            net.zero_grad(set_to_none=True)
             step += 1
             lookahead.after_step(step)
             loss_sum += loss.detach().float()

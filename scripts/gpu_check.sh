@@ -5,7 +5,8 @@
 #
 #   scripts/gpu_check.sh [RUNS] [REFERENCE_SCRIPT] [REFERENCE_RUNS]
 #
-# Environment: RECIPE (default 94), HLB_DATA_DIR (default ./data), OUT (default ./gpu_check_out),
+# Environment: RECIPE (default 94; several, space-separated, run one after another, each
+# with its own warm-up: RECIPE="94 94muon"), HLB_DATA_DIR (default ./data), OUT (default ./gpu_check_out),
 # EXTRA (more flags for main.py, e.g. "--set compile=true"), BUDGET_S (seconds the whole check
 # may take, default 570: the reference gets what is left), DEVICE (default cuda).
 # On a CPU, `DEVICE=cpu RECIPE=smoke scripts/gpu_check.sh 2` exercises everything but the
@@ -56,11 +57,18 @@ for dtype in (torch.float16, torch.bfloat16):
 EOF
 fi
 
-echo "== ours: recipe $RECIPE, $RUNS timed runs after one untimed warm-up"
-# shellcheck disable=SC2086
-python3 "$here/main.py" --recipe "$RECIPE" --runs "$RUNS" --device "$DEVICE" \
-  --data-dir "$DATA" --json "$OUT/ours.json" ${EXTRA:-} 2>&1 | tee "$OUT/ours.log"
-ours_status=${PIPESTATUS[0]}
+ours_status=0
+records=()
+for recipe in $RECIPE; do
+  echo "== ours: recipe $recipe, $RUNS timed runs after one untimed warm-up"
+  # shellcheck disable=SC2086
+  python3 "$here/main.py" --recipe "$recipe" --runs "$RUNS" --device "$DEVICE" --no-save \
+    --data-dir "$DATA" --json "$OUT/ours-$recipe.json" ${EXTRA:-} 2>&1 \
+    | tee "$OUT/ours-$recipe.log"
+  status=${PIPESTATUS[0]}
+  [ "$status" = 0 ] || ours_status=$status
+  [ -f "$OUT/ours-$recipe.json" ] && records+=("$OUT/ours-$recipe.json")
+done
 
 ref_args=()
 if [ -n "$REF" ]; then
@@ -78,5 +86,5 @@ if [ -n "$REF" ]; then
 fi
 
 echo "== summary"
-python3 "$here/scripts/gpu_summary.py" "$OUT/ours.json" "${ref_args[@]}" | tee "$OUT/summary.txt"
+python3 "$here/scripts/gpu_summary.py" "${records[@]}" "${ref_args[@]}" | tee "$OUT/summary.txt"
 exit "$ours_status"

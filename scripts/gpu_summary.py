@@ -1,6 +1,6 @@
-"""Print the comparison table of scripts/gpu_check.sh: ours (a record) against a reference log.
+"""Print the comparison table of scripts/gpu_check.sh: our records against a reference log.
 
-    python scripts/gpu_summary.py OURS.json [--reference REFERENCE.log]
+    python scripts/gpu_summary.py OURS.json [MORE.json ...] [--reference REFERENCE.log]
 
 The reference log is the output of an airbench-style script: a `|`-separated table whose
 final row per run has "eval" in its second column, TTA accuracy in the next-to-last column
@@ -42,24 +42,27 @@ def describe(name, accs, times):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("ours")
+    parser.add_argument("ours", nargs="+")
     parser.add_argument("--reference")
     args = parser.parse_args()
-    record = json.loads(Path(args.ours).read_text())
-    runs = [r for r in record["runs"] if not r["diverged"]]
-    accs = [r["tta_acc"] for r in runs]
-    times = [r["train_time_s"] for r in runs]
-    env = record["environment"]
-    print(f"card {env['gpu']}, torch {env['torch']}, cuda {env['cuda']}, {env['date']}")
-    print(f"ours: recipe {record['recipe']['name']}, warm-up {record['warmup_s']:.1f} s, "
-          f"peak memory {record['summary']['peak_mem_reserved'] / 2**20:.0f} MiB reserved")
-    print(describe("ours", accs, times))
-    if args.reference:
-        ref_accs, ref_times = reference_runs(args.reference)
-        print(describe("reference", ref_accs, ref_times))
+    ref_accs, ref_times = reference_runs(args.reference) if args.reference else ([], [])
+    for path in args.ours:
+        record = json.loads(Path(path).read_text())
+        runs = [r for r in record["runs"] if not r["diverged"]]
+        accs = [r["tta_acc"] for r in runs]
+        times = [r["train_time_s"] for r in runs]
+        env = record["environment"]
+        name = record["recipe"]["name"]
+        print(f"card {env['gpu']}, torch {env['torch']}, cuda {env['cuda']}, {env['date']}")
+        print(f"recipe {name}: warm-up {record['warmup_s']:.1f} s, peak memory "
+              f"{record['summary']['peak_mem_reserved'] / 2**20:.0f} MiB reserved")
+        print(describe(name, accs, times))
         if times and ref_times:
             ratio = mean(times) / mean(ref_times)
-            print(f"time ratio ours/reference: {ratio:.3f}" if math.isfinite(ratio) else "")
+            if math.isfinite(ratio):
+                print(f"time ratio {name}/reference: {ratio:.3f}")
+    if args.reference:
+        print(describe("reference", ref_accs, ref_times))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 import pytest
 import torch
 
+from conftest import synthetic_cifar
 from hlb.model import make_net
-from hlb.optim import Lookahead, lr_multiplier, make_optimizer, sgd_settings
-from hlb.recipes import RECIPES
+from hlb.optim import (Lookahead, Muon, lr_multiplier, make_optimizers, newton_schulz,
+                       sgd_settings)
+from hlb.recipes import RECIPES, override
+from hlb.runs import run_recipe
 
 
 def test_schedule_starts_peaks_and_ends_where_it_says():
@@ -32,11 +35,12 @@ def test_decoupled_settings_match_the_paper_values():
 def test_parameter_groups_split_batchnorm_biases():
     recipe = RECIPES["smoke"]
     net = make_net(recipe)
-    opt = make_optimizer(net, recipe)
-    bn_group, other_group = opt.param_groups
+    (opt,) = make_optimizers(net, recipe)
+    bn_group, whiten_group, other_group = opt.param_groups
     bn_biases = {id(m.bias) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert {id(p) for p in bn_group["params"]} == bn_biases
-    assert id(net.whiten.bias) in {id(p) for p in other_group["params"]}
+    assert whiten_group["params"] == [net.whiten.bias]
+    assert whiten_group["lr"] == other_group["lr"]       # recipe 94 gives it the base rate
     assert id(net.whiten.weight) not in {id(p) for p in other_group["params"]}
     # Decay per step is the same for both groups: lr * weight_decay.
     assert bn_group["lr"] * bn_group["weight_decay"] == pytest.approx(
@@ -66,3 +70,44 @@ def test_lookahead_off_changes_nothing():
     la.after_step(5)
     la.finish()
     assert torch.all(net.weight == 2.0)
+
+
+def test_newton_schulz_makes_singular_values_near_one():
+    g = torch.randn(64, 200, generator=torch.Generator().manual_seed(0))
+    g[:, :10] *= 50                                      # badly conditioned on purpose
+    for matrix in (g, g.T):
+        x = newton_schulz(matrix, steps=5)
+        assert x.shape == matrix.shape
+        s = torch.linalg.svdvals(x)
+        assert 0.6 < s.min() and s.max() < 1.25
+        # Same singular vectors: x is close to U V^T of the input.
+        u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+        assert torch.nn.functional.cosine_similarity(x.flatten(), (u @ vh).flatten(),
+                                                     dim=0) > 0.95
+
+
+def test_muon_holds_filter_norms_and_steps_by_lr():
+    w = torch.nn.Parameter(torch.randn(8, 4, 3, 3) * 3)
+    opt = Muon([w], lr=0.1, momentum=0.0, ns_steps=5)
+    w.grad = torch.randn_like(w)
+    before = w.detach().clone()
+    opt.step()
+    rescaled = before * (8 ** 0.5 / before.norm())
+    step = (w.detach() - rescaled).reshape(8, -1)
+    assert 0.06 < torch.linalg.svdvals(step).mean() < 0.12   # about lr per direction
+    w.grad = torch.zeros_like(w)
+    opt.step()
+    assert w.norm().item() == pytest.approx(8 ** 0.5, rel=0.1)
+
+
+def test_muon_recipe_groups_filters_apart_and_learns():
+    recipe = override(RECIPES["94muon"], [
+        "train_images=512", "test_images=256", "batch_size=64", "epochs=3.0",
+        "widths=16,32,32", "whiten_init_images=256", "eval_batch_size=256"])
+    net = make_net(recipe)
+    sgd, muon = make_optimizers(net, recipe)
+    filters = [p for p in net.parameters() if p.ndim == 4 and p.requires_grad]
+    assert [id(p) for p in muon.param_groups[0]["params"]] == [id(p) for p in filters]
+    assert not any(p.ndim == 4 for g in sgd.param_groups for p in g["params"])
+    record = run_recipe(recipe, runs=1, device="cpu", seed=0, cifar=synthetic_cifar())
+    assert record.results[0].tta_acc > 0.6

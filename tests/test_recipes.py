@@ -5,6 +5,7 @@ import pytest
 from conftest import synthetic_cifar
 from hlb.errors import UsageError
 from hlb.optim import lr_multiplier
+from hlb.optim import sgd_settings
 from hlb.recipes import RECIPES, Recipe, get_recipe, override
 from hlb.runs import run_recipe
 
@@ -52,7 +53,7 @@ def test_bad_overrides_are_one_line_usage_errors(item, message):
 
 
 def test_unknown_recipe_lists_the_valid_ones():
-    with pytest.raises(UsageError, match="choose one of: 94, 95, 96, smoke"):
+    with pytest.raises(UsageError, match="choose one of: 94, 95, 96, 94muon, smoke"):
         get_recipe("93")
 
 
@@ -114,3 +115,12 @@ def test_wide_recipes_learn_at_tiny_scale(name):
     assert not result.diverged
     assert result.epochs[-1].train_loss < result.epochs[0].train_loss
     assert result.tta_acc > 0.2                            # chance is 0.1
+
+
+def test_recipe_94muon_matches_the_muon_method():
+    r = RECIPES["94muon"]
+    assert r.optimizer == "muon" and r.total_steps() == 200 and r.lookahead_every == 0
+    lr, bias_lr, decay = sgd_settings(r)
+    assert bias_lr == pytest.approx(0.053, abs=0.001)       # BatchNorm and whitening biases
+    assert lr * r.whiten_bias_lr_scale == pytest.approx(bias_lr)
+    assert decay == pytest.approx(0.004, abs=0.0001)        # per step at the peak
