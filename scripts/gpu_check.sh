@@ -8,7 +8,8 @@
 # Environment: RECIPE (default 94; several, space-separated, run one after another, each
 # with its own warm-up: RECIPE="94 94muon"), HLB_DATA_DIR (default ./data), OUT (default ./gpu_check_out),
 # EXTRA (more flags for main.py, e.g. "--set compile=true"), BUDGET_S (seconds the whole check
-# may take, default 570: the reference gets what is left), DEVICE (default cuda).
+# may take, default 570: the reference gets what is left), DEVICE (default cuda), CAP_GB (if
+# set, 3 more runs of the first recipe with the GPU capped at that many GiB).
 # On a CPU, `DEVICE=cpu RECIPE=smoke scripts/gpu_check.sh 2` exercises everything but the
 # reference and the matmul rate.
 set -uo pipefail
@@ -69,6 +70,13 @@ for recipe in $RECIPE; do
   [ "$status" = 0 ] || ours_status=$status
   [ -f "$OUT/ours-$recipe.json" ] && records+=("$OUT/ours-$recipe.json")
 done
+
+if [ -n "${CAP_GB:-}" ] && [ "$DEVICE" = cuda ]; then
+  first=${RECIPE%% *}
+  echo "== recipe $first under a ${CAP_GB} GiB memory cap, 3 runs"
+  python3 "$here/scripts/capped_main.py" "$CAP_GB" --recipe "$first" --runs 3 --no-save \
+    --data-dir "$DATA" ${EXTRA:-} 2>&1 | tail -n 12 | tee "$OUT/capped.log"
+fi
 
 ref_args=()
 if [ -n "$REF" ]; then
