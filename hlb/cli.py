@@ -1,9 +1,12 @@
 """The command line: parse flags, run, print, write the record, set the exit status.
 
 Exit status: 0 success; 1 a data problem or a run that diverged; 2 a usage error; 130 Ctrl-C.
+Under torchrun (hlb.dist) rank 0 prints, writes and sets that status; the other ranks stay
+silent and exit 0 (130 on Ctrl-C), except for an error only they can report.
 """
 
 import argparse
+import os
 import shlex
 import sys
 import tempfile
@@ -95,17 +98,77 @@ def main(argv=None):
         command = {"compare": _compare, "plot": _plot, "runs": _runs}.get(argv[0] if argv else "")
         return command(argv[1:]) if command else _main(argv)
     except HlbError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Under torchrun a usage error is every rank's alike, and a quiet one is rank 0's to
+        # report: the other ranks stay silent and exit 0, so that torchrun's report points
+        # at rank 0, whose message says what happened (and names the rank at fault).
+        if _follower() and (isinstance(e, UsageError) or getattr(e, "quiet", False)):
+            return 0
+        print(f"error: {_rank_prefix()}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        if not _follower():
+            print("\ninterrupted", file=sys.stderr)
         return 130
+
+
+def _follower():
+    """Whether this is a torchrun worker other than rank 0 (see hlb.dist.world_from_env)."""
+    env = os.environ
+    return all(k in env for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK")) and env["RANK"] != "0"
+
+
+def _rank_prefix():
+    return f"rank {os.environ['RANK']}: " if _follower() else ""
+
+
+def _check_json(path, session):
+    """Check --json before training. Under torchrun rank 0 alone writes, so it alone checks,
+    and every rank stops with it, so none is left waiting for it."""
+    error = None
+    if path and (session is None or session.leader):
+        try:
+            _check_writable(path)
+        except UsageError as e:
+            if session is None:
+                raise
+            error = e
+    if session:
+        session.agree(error)
+
+
+def _spread(session):
+    return f", spread over {session.world.size} processes" if session else ""
+
+
+def _record_data(record, argv, session):
+    from hlb.report import record_dict
+
+    data = record_dict(record, argv)
+    if session:
+        data["dist"] = session.describe()       # which process and GPU ran which run
+    return data
+
+
+def _write_record(path, data):
+    from hlb.report import write_json_atomic
+
+    try:
+        write_json_atomic(path, data)
+    except OSError as e:
+        raise HlbError(f"could not write the record {path} ({e.strerror or e}); "
+                       "nothing was left behind") from None
+
+
+def _follower_status(error):
+    """Rank 0 reports the outcome and sets the status; the others only pass on Ctrl-C."""
+    return 130 if isinstance(error, KeyboardInterrupt) else 0
 
 
 def _main(argv):
     # Imported here so that `--help` and flag errors answer without loading torch.
+    from hlb.dist import joined
     from hlb.records import default_runs_dir, save_record
-    from hlb.report import Table, record_dict, summary_lines, write_json_atomic
+    from hlb.report import Table, summary_lines
     from hlb.train import DIVERGED_LOSS
     from hlb.runs import Stopped, resolve_device, train
 
@@ -118,45 +181,65 @@ def _main(argv):
     if args.target_acc is not None and not 0 < args.target_acc <= 1:
         raise UsageError(f"--target-acc is a fraction in (0, 1], not {args.target_acc}")
     device = resolve_device(args.device)
-    if args.json:
-        _check_writable(args.json)
-
-    print(f"hlb-cifar10: recipe {recipe.name}, {args.runs} run(s) on {device}", flush=True)
-    error = None
-    try:
-        record = train(recipe, runs=args.runs, device=device, seed=args.seed,
-                       data_dir=args.data_dir, listener=Table(), target_acc=args.target_acc)
-    except Stopped as e:
-        # Keep what finished: the summary and the record hold the completed runs.
-        record, error = e.record, e.error or KeyboardInterrupt()
-    print("\n".join(summary_lines(record)))
-    data = record_dict(record, argv)
-    if args.json:
+    with joined(device) as session:       # None without torchrun
+        leader = session is None or session.leader
+        _check_json(args.json, session)
+        if leader:
+            print(f"hlb-cifar10: recipe {recipe.name}, {args.runs} run(s) on {device}"
+                  f"{_spread(session)}", flush=True)
+        error = None
         try:
-            write_json_atomic(args.json, data)
-        except OSError as e:
-            raise HlbError(f"could not write the record {args.json} ({e.strerror or e}); "
-                           "nothing was left behind") from None
-        print(f"  record written to {args.json}")
-    if not args.no_save:
-        print(f"  record kept in {save_record(data, default_runs_dir())}")
-    if isinstance(error, KeyboardInterrupt):
-        print(f"interrupted after {len(record.results)} finished run(s)", file=sys.stderr)
-        return 130
-    if error:
-        raise error
-    if record.summary.diverged:
-        print(f"error: {record.summary.diverged} run(s) diverged (loss NaN, infinite or "
-              f"above {DIVERGED_LOSS:g} per image); try a lower lr", file=sys.stderr)
-        return 1
-    return 0
+            if session is None:
+                record = train(recipe, runs=args.runs, device=device, seed=args.seed,
+                               data_dir=args.data_dir, listener=Table(),
+                               target_acc=args.target_acc)
+            else:
+                def each_round(partial):
+                    # The record on disk follows each round, so a failure keeps what finished.
+                    _write_record(args.json, _record_data(partial, argv, session))
+
+                record = session.train(recipe, args.runs, args.seed, args.data_dir,
+                                       Table() if leader else None, args.target_acc,
+                                       each_round if args.json else None)
+        except Stopped as e:
+            # Keep what finished: the summary and the record hold the completed runs.
+            record, error = e.record, e.error or KeyboardInterrupt()
+        if not leader:
+            return _follower_status(error)
+        print("\n".join(summary_lines(record)))
+        data = _record_data(record, argv, session)
+        if args.json:
+            _write_record(args.json, data)
+            print(f"  record written to {args.json}")
+        if not args.no_save:
+            print(f"  record kept in {save_record(data, default_runs_dir())}")
+        if isinstance(error, KeyboardInterrupt):
+            print(f"interrupted after {len(record.results)} finished run(s)", file=sys.stderr)
+            return 130
+        if error:
+            raise error
+        if record.summary.diverged:
+            print(f"error: {record.summary.diverged} run(s) diverged (loss NaN, infinite or "
+                  f"above {DIVERGED_LOSS:g} per image); try a lower lr", file=sys.stderr)
+            return 1
+        return 0
+
+
+def _compare_data(records, args, session):
+    from hlb.compare import compare, comparison_dict
+
+    comparison = compare(records[0].results, records[1].results)
+    arms = {"a": _record_data(records[0], shlex.split(args.a), session),
+            "b": _record_data(records[1], shlex.split(args.b), session)}
+    return comparison, {"comparison": comparison_dict(comparison), **arms}
 
 
 def _compare(argv):
-    from hlb.compare import compare, comparison_dict, comparison_lines, compare_records
+    from hlb.compare import comparison_dict, comparison_lines, compare_records
+    from hlb.dist import joined
     from hlb.records import default_runs_dir, save_record
-    from hlb.report import Table, record_dict, summary_lines, write_json_atomic
-    from hlb.runs import Bench, Stopped, load_data, resolve_device, run_benches
+    from hlb.report import Table, summary_lines, write_json_atomic
+    from hlb.runs import Bench, Quiet, Stopped, load_data, resolve_device, run_benches
 
     args = build_compare_parser().parse_args(argv)
     if args.records:
@@ -177,33 +260,48 @@ def _compare(argv):
     if args.seed < 0:
         raise UsageError(f"--seed must not be negative, not {args.seed}")
     device = resolve_device(args.device)
-    if args.json:
-        _check_writable(args.json)
-    print(f"hlb-cifar10 compare: A = {args.a or '(recipe as is)'}, B = {args.b or '(as is)'}; "
-          f"{args.runs} runs each, interleaved, seeds {args.seed}..{args.seed + args.runs - 1}",
-          flush=True)
-    cifar = load_data(args.data_dir)
-    benches = [Bench(r, device, cifar, args.seed) for r in recipes]
-    interrupted = False
-    try:
-        records = run_benches(benches, args.runs, [Table(label="A"), Table(label="B")])
-    except Stopped as e:
-        records, interrupted = e.record, e.error is None
-        if e.error:
-            raise e.error
-    for name, record in zip("AB", records):
-        print(f"arm {name}: " + "\n".join(summary_lines(record)))
-    comparison = compare(records[0].results, records[1].results)
-    print("\n".join(comparison_lines(comparison)))
-    arms = {"a": record_dict(records[0], shlex.split(args.a)),
-            "b": record_dict(records[1], shlex.split(args.b))}
-    if args.json:
-        write_json_atomic(args.json, {"comparison": comparison_dict(comparison), **arms})
-        print(f"  record written to {args.json}")
-    if not args.no_save:
-        for name, data in arms.items():
-            print(f"  arm {name.upper()} kept in {save_record(data, default_runs_dir())}")
-    return 130 if interrupted else 0
+    with joined(device) as session:       # None without torchrun
+        leader = session is None or session.leader
+        _check_json(args.json, session)
+        if leader:
+            print(f"hlb-cifar10 compare: A = {args.a or '(recipe as is)'}, B = "
+                  f"{args.b or '(as is)'}; {args.runs} runs each, interleaved, seeds "
+                  f"{args.seed}..{args.seed + args.runs - 1}{_spread(session)}", flush=True)
+        cifar = session.load_data(args.data_dir) if session else load_data(args.data_dir)
+        benches = [Bench(r, session.device if session else device, cifar, args.seed)
+                   for r in recipes]
+        listeners = [Table(label="A"), Table(label="B")] if leader else [Quiet(), Quiet()]
+        interrupted, error = False, None
+        try:
+            if session is None:
+                records = run_benches(benches, args.runs, listeners)
+            else:
+                def each_round(partial):
+                    _write_record(args.json, _compare_data(partial, args, session)[1])
+
+                # Run i of both arms goes to the same rank, so the pairs stay paired.
+                records = session.run_benches(benches, args.runs, listeners,
+                                              on_round=each_round if args.json else None)
+        except Stopped as e:
+            records, interrupted, error = e.record, e.error is None, e.error
+            if error and (session is None or not leader):
+                raise error               # as before without torchrun: nothing is written
+        if not leader:
+            return _follower_status(KeyboardInterrupt() if interrupted else None)
+        for name, record in zip("AB", records):
+            print(f"arm {name}: " + "\n".join(summary_lines(record)))
+        comparison, data = _compare_data(records, args, session)
+        print("\n".join(comparison_lines(comparison)))
+        if args.json:
+            _write_record(args.json, data)
+            print(f"  record written to {args.json}")
+        if not args.no_save:
+            for name in ("a", "b"):
+                kept = save_record(data[name], default_runs_dir())
+                print(f"  arm {name.upper()} kept in {kept}")
+        if error:
+            raise error
+        return 130 if interrupted else 0
 
 
 def _plot(argv):

@@ -62,7 +62,9 @@ def resolve_device(name=None):
     return name
 
 
-class _Quiet:
+class Quiet:
+    """A listener that prints nothing."""
+
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
 
@@ -73,26 +75,27 @@ class Bench:
 
     def __init__(self, recipe, device, cifar, seed):
         self.recipe = recipe
-        self.device = device
-        if device == "cuda":
+        self.device = device               # "cuda", "cuda:3" (one GPU of many) or "cpu"
+        self.cuda = torch.device(device).type == "cuda"
+        if self.cuda:
             torch.backends.cudnn.benchmark = True
         self.data = to_device(cifar, recipe, device)
         self.net = build_net(recipe, device)
-        compile_it = device == "cuda" and recipe.compile
-        self.forward = torch.compile(self.net) if compile_it else self.net
-        self.record = Record(recipe=recipe, device=device, data_fingerprint=cifar.fingerprint,
-                             seed=seed)
+        self.forward = torch.compile(self.net) if self.cuda and recipe.compile else self.net
+        # The record names the kind of device; which GPU ran which run is the launcher's.
+        self.record = Record(recipe=recipe, device=torch.device(device).type,
+                             data_fingerprint=cifar.fingerprint, seed=seed)
 
     def warmup(self, listener):
         """One untimed run of the same shapes, so cudnn.benchmark and compilation happen
         here and not in a timed run (GPU only: the CPU has nothing to warm up)."""
-        if self.device != "cuda":
+        if not self.cuda:
             return
         listener.warmup_started()
         tick = time.perf_counter()
         train_run(self.recipe, self.data, self.net, self.device, seed=self.record.seed + 2**31,
                   run=-1, forward=self.forward)
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(self.device)
         self.record.warmup_s = time.perf_counter() - tick
         listener.warmup_finished(self.record.warmup_s)
 
@@ -125,7 +128,11 @@ def run_benches(benches, runs, listeners, target_acc=None):
         error = out_of_memory_error(e, benches[0].recipe)
     else:
         error = False
-    records = [bench.record for bench in benches]
+    return close_records([bench.record for bench in benches], error, wall, target_acc)
+
+
+def close_records(records, error, wall, target_acc=None):
+    """Summarize the records; raise Stopped if `error` is not False (None meaning Ctrl-C)."""
     for record in records:
         record.target_acc = target_acc
         record.summary = summarize(record.results)
@@ -140,7 +147,7 @@ def run_benches(benches, runs, listeners, target_acc=None):
 def run_recipe(recipe, runs, device, seed, cifar, listener=None, target_acc=None):
     """Warm up (GPU only), then `runs` timed runs; run i uses seed `seed + i`."""
     bench = Bench(recipe, device, cifar, seed)
-    return run_benches([bench], runs, [listener or _Quiet()], target_acc)[0]
+    return run_benches([bench], runs, [listener or Quiet()], target_acc)[0]
 
 
 def prepare(recipe, runs, device, overrides=()):

@@ -1,0 +1,274 @@
+"""Runs spread over processes with torchrun (gloo on the CPU), end to end, and its helpers.
+
+The end-to-end tests start real torchrun jobs on real CIFAR-10 (a monkeypatch cannot reach
+other processes). Bit-for-bit equality with a single process needs the same CPU thread count:
+torchrun sets OMP_NUM_THREADS=1 for each worker when it starts more than one, and a different
+count changes the order of float sums in convolutions (the last digits of the losses), so the
+single-process references here run with OMP_NUM_THREADS=1 too.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import hlb.runs
+from conftest import synthetic_cifar
+from hlb.dist import World, _alive, _short, joined, timeout_s, world_from_env
+from hlb.errors import UsageError
+from hlb.recipes import get_recipe, override
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--recipe", "smoke", "--device", "cpu", "--set", "train_images=256",
+        "--set", "test_images=128", "--set", "batch_size=64", "--set", "epochs=1",
+        "--set", "whiten_init_images=128", "--set", "widths=8,16,16"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def _env(extra=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return {**env, "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
+def _torchrun(nproc):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", str(ROOT / "main.py")]
+
+
+def run(cmd, env=None, timeout=120):
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env(env),
+                          timeout=timeout)
+
+
+def _same_runs(a, b):
+    """The runs and epoch rows of two records agree in everything but the clock."""
+    def strip(rows):
+        return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in rows]
+    return strip(a["runs"]) == strip(b["runs"]) and strip(a["epochs"]) == strip(b["epochs"])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _first_rows_runs(stdout):
+    """The run numbers in the order the table shows them (each run's first row names it)."""
+    cells = [line.split("|")[1].strip() for line in stdout.splitlines()
+             if line.startswith("|") and "run" not in line]
+    return [int(c) for c in cells if c]
+
+
+@pytest.fixture(scope="module")
+def single(cifar_dir, tmp_path_factory):
+    """Four runs in one plain process, one CPU thread, seeds 0..3: the reference."""
+    out = tmp_path_factory.mktemp("single") / "r.json"
+    result = run([sys.executable, str(ROOT / "main.py"), *TINY, "--runs", "4", "--no-save",
+                  "--data-dir", str(cifar_dir), "--json", str(out)], env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    return json.loads(out.read_text())
+
+
+def test_two_processes_give_the_runs_of_one(single, cifar_dir, tmp_path, runs_dir):
+    data = tmp_path / "data"                  # no cache yet: rank 0 must build it alone
+    shutil.copytree(cifar_dir / "cifar-10-batches-py", data / "cifar-10-batches-py")
+    out = tmp_path / "r.json"
+    result = run([*_torchrun(2), *TINY, "--runs", "4", "--data-dir", str(data),
+                  "--json", str(out)])
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    # One table, one summary, printed by rank 0 alone, the runs in run order.
+    assert text.count("hlb-cifar10: recipe smoke, 4 run(s) on cpu, spread over 2") == 1
+    assert text.count("| train_loss |") == 1 and text.count(" tta |") == 4
+    assert _first_rows_runs(text) == [0, 1, 2, 3]
+    assert text.count("4 run(s) finished") == 1 and text.count("wall clock") == 1
+    assert "error:" not in result.stderr and "Traceback" not in result.stderr
+    record = json.loads(out.read_text())
+    assert [r["seed"] for r in record["runs"]] == [0, 1, 2, 3]
+    assert [r["seed"] for r in single["runs"]] == [0, 1, 2, 3]
+    assert _same_runs(record, single)
+    assert record["stopped"] is None and record["summary"]["n"] == 4
+    assert record["dist"]["world_size"] == 2 and record["dist"]["backend"] == "gloo"
+    assert len(list(runs_dir.glob("*/record.json"))) == 1      # kept once, by rank 0
+    # Prepared once: nobody waited on the lock, one cache, nothing temporary left.
+    assert "waiting for another process" not in result.stderr
+    assert sorted(p.name for p in data.iterdir()) == [".hlb.lock", "cifar-10-batches-py",
+                                                      "cifar10_uint8.pt"]
+
+
+def test_one_process_under_torchrun_is_a_plain_run(single, cifar_dir, tmp_path):
+    out = tmp_path / "r.json"
+    result = run([*_torchrun(1), *TINY, "--runs", "2", "--no-save",
+                  "--data-dir", str(cifar_dir), "--json", str(out)], env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    assert [r["seed"] for r in record["runs"]] == [0, 1]
+    first_two = {"runs": single["runs"][:2],
+                 "epochs": [e for e in single["epochs"] if e["run"] < 2]}
+    assert _same_runs(record, first_two)
+    assert result.stdout.count("2 run(s) finished") == 1 and record["dist"]["world_size"] == 1
+
+
+def test_two_machines_joined_by_rendezvous_make_one_job(single, cifar_dir, tmp_path):
+    """Two torchrun agents, as on two machines (here both on this one), meet at a c10d
+    rendezvous; 3 runs over 2 processes leave rank 1 idle in the last round."""
+    out = tmp_path / "r.json"
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=hlb-test",
+           str(ROOT / "main.py"), *TINY, "--runs", "3", "--no-save",
+           "--data-dir", str(cifar_dir), "--json", str(out)]
+    agents = [subprocess.Popen(cmd, cwd=ROOT, env=_env(ONE_THREAD), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+              for _ in range(2)]
+    try:
+        outputs = [agent.communicate(timeout=120) for agent in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    assert [agent.returncode for agent in agents] == [0, 0], outputs
+    stdout = "".join(o for o, _ in outputs)
+    assert stdout.count("3 run(s) finished") == 1 and _first_rows_runs(stdout) == [0, 1, 2]
+    record = json.loads(out.read_text())
+    assert [r["seed"] for r in record["runs"]] == [0, 1, 2]
+    assert [p["local_rank"] for p in record["dist"]["ranks"]] == [0, 0]
+    first_three = {"runs": single["runs"][:3],
+                   "epochs": [e for e in single["epochs"] if e["run"] < 3]}
+    assert _same_runs(record, first_three)
+
+
+def _children(pid):
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _rank_of(pid):
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next((int(v[5:]) for v in environ if v.startswith(b"RANK=")), None)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_a_killed_worker_ends_the_job_and_keeps_the_finished_runs(cifar_dir, tmp_path):
+    out, err = tmp_path / "r.json", tmp_path / "stderr.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([*_torchrun(2), *TINY, "--runs", "40", "--data-dir",
+                                 str(cifar_dir), "--json", str(out)], cwd=ROOT, env=_env(),
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        shown = []
+        for line in proc.stdout:                   # the first round: runs 0 and 1 printed
+            shown.append(line)
+            if sum(" tta |" in s for s in shown) == 2:
+                break
+        rank1 = [pid for pid in _children(proc.pid) if _rank_of(pid) == 1]
+        assert len(rank1) == 1
+        os.kill(rank1[0], signal.SIGKILL)
+        killed = time.monotonic()
+        stdout, _ = proc.communicate(timeout=90)
+        took = time.monotonic() - killed
+    finally:
+        proc.kill()
+    stderr = err.read_text()
+    assert proc.returncode != 0 and took < 60
+    ours = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and "a worker stopped (rank 1 (pid" in ours[0], stderr
+    assert "rank      : 1" in stderr                 # torchrun's own report names it too
+    record = json.loads(out.read_text())
+    n = len(record["runs"])
+    assert 2 <= n < 40 and n % 2 == 0              # whole rounds, gathered before the kill
+    assert [r["seed"] for r in record["runs"]] == list(range(n))
+    assert "a worker stopped (rank 1" in record["stopped"]
+    assert (stdout + "".join(shown)).count(f"{n} run(s) finished") == 1
+
+
+def test_compare_under_torchrun_keeps_the_pairs(cifar_dir, tmp_path):
+    out = tmp_path / "cmp.json"
+    flags = " ".join(TINY[4:])
+    result = run([*_torchrun(2), "compare", "--recipe", "smoke", "--device", "cpu",
+                  "--runs", "3", "--seed", "7", "--a", flags, "--b", flags + " --set lr=4",
+                  "--data-dir", str(cifar_dir), "--json", str(out), "--no-save"])
+    assert result.returncode == 0, result.stderr
+    order = [line[:1] for line in result.stdout.splitlines() if " tta |" in line]
+    assert order == ["A", "B", "A", "B", "A", "B"]
+    assert result.stdout.count("paired over 3 seeds") == 3     # two lines and the verdict
+    record = json.loads(out.read_text())
+    assert [r["seed"] for r in record["a"]["runs"]] == [7, 8, 9]
+    assert [r["seed"] for r in record["b"]["runs"]] == [7, 8, 9]
+    assert record["comparison"]["test"] == "paired"
+
+
+def test_a_data_problem_on_rank_0_stops_every_rank_with_one_message(tmp_path):
+    result = run([*_torchrun(2), *TINY, "--data-dir", str(tmp_path / "data")],
+                 env={"HLB_CIFAR10_URL": "http://127.0.0.1:9/cifar-10-python.tar.gz"})
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and "could not download" in ours[0], result.stderr
+    assert "rank 1" not in ours[0] and "hlb-cifar10" in result.stdout
+
+
+def test_world_from_env():
+    assert world_from_env({}) is None
+    assert world_from_env({"WORLD_SIZE": "8", "RANK": "3", "LOCAL_RANK": "3"}) == World(3, 8, 3)
+    assert world_from_env({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}).leader
+    for env in ({"RANK": "0"}, {"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"},
+                {"WORLD_SIZE": "x", "RANK": "0", "LOCAL_RANK": "0"}):
+        with pytest.raises(UsageError, match="torchrun|WORLD_SIZE"):
+            world_from_env(env)
+
+
+def test_timeout_comes_from_the_environment():
+    assert timeout_s({}) == 300 and timeout_s({"HLB_DIST_TIMEOUT_S": "12.5"}) == 12.5
+    with pytest.raises(UsageError, match="HLB_DIST_TIMEOUT_S=-1"):
+        timeout_s({"HLB_DIST_TIMEOUT_S": "-1"})
+
+
+def test_helpers_name_what_happened():
+    gloo = ("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed "
+            "by peer [127.0.0.1]:56018. This is typically caused by a remote worker crashing.")
+    assert _short(RuntimeError(gloo)) == "Connection closed by peer [127.0.0.1]:56018"
+    assert _alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()                                   # reaped: gone
+    assert not _alive(child.pid)
+
+
+def test_a_failing_rank_stops_the_rounds_and_keeps_what_was_gathered(monkeypatch):
+    """In this process, as a world of one: an out-of-memory in run 2 ends the rounds; the
+    record was handed over after each earlier round, marked unfinished."""
+    for key, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    real_train_run = hlb.runs.train_run
+
+    def train_run(*args, run=0, **kwargs):
+        if run == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB.")
+        return real_train_run(*args, run=run, **kwargs)
+
+    monkeypatch.setattr(hlb.runs, "train_run", train_run)
+    recipe = override(get_recipe("smoke"), TINY[4:][1::2])
+    seen = []
+    with joined("cpu") as session:
+        bench = hlb.runs.Bench(recipe, session.device, synthetic_cifar(256, 128), seed=5)
+        with pytest.raises(hlb.runs.Stopped) as stopped:
+            session.run_benches([bench], 4, [hlb.runs.Quiet()],
+                                on_round=lambda records: seen.append(
+                                    (len(records[0].results), records[0].stopped)))
+    assert seen == [(1, "unfinished: 1 of 4 run(s) gathered"),
+                    (2, "unfinished: 2 of 4 run(s) gathered")]
+    record = stopped.value.record
+    assert [r.seed for r in record.results] == [5, 6] and record.summary.n == 2
+    assert "Tried to allocate 1.00 GiB" in str(stopped.value.error)
+    assert record.stopped.startswith("out of GPU memory")
+    assert not torch.distributed.is_initialized()
