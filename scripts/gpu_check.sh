@@ -6,8 +6,8 @@
 #   scripts/gpu_check.sh [RUNS] [REFERENCE_SCRIPT] [REFERENCE_RUNS]
 #
 # Environment: RECIPE (default 94; several, space-separated, run one after another, each
-# with its own warm-up: RECIPE="94 94muon"), HLB_DATA_DIR (default ./data), OUT (default ./gpu_check_out),
-# EXTRA (more flags for main.py, e.g. "--set compile=true"), BUDGET_S (seconds the whole check
+# with its own warm-up: RECIPE="94 94muon"), HLB_DATA_DIR (default ./data),
+# OUT (default ./gpu_check_out), EXTRA (more flags for main.py, e.g. "--set compile=true"), BUDGET_S (seconds the whole check
 # may take, default 570: the reference gets what is left), DEVICE (default cuda), CAP_GB (if
 # set, 3 more runs of the first recipe with the GPU capped at that many GiB).
 # On a CPU, `DEVICE=cpu RECIPE=smoke scripts/gpu_check.sh 2` exercises everything but the
