@@ -1,15 +1,19 @@
 """The command line: parse flags, run, print, write the record, set the exit status.
 
-Exit status: 0 success; 1 a data problem or a run that diverged; 2 a usage error; 130 Ctrl-C.
+Exit status: 0 success; 1 a data problem or a run that diverged; 2 a usage error; 130 Ctrl-C
+or SIGTERM (a scheduler's time limit, `timeout`): both keep the finished runs.
 Under torchrun (hlb.dist) rank 0 prints, writes and sets that status; the other ranks stay
 silent and exit 0 (130 on Ctrl-C), except for an error only they can report.
 """
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from hlb.errors import HlbError, UsageError
@@ -92,11 +96,30 @@ def _check_writable(path):
         raise UsageError(f"--json {path}: cannot write in {parent} ({e.strerror})") from None
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM stops the runs as Ctrl-C does, keeping the finished ones. Not under torchrun,
+    whose agent signals its workers itself, nor off the main thread (signal's rule)."""
+    if _torchrun() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         command = {"compare": _compare, "plot": _plot, "runs": _runs}.get(argv[0] if argv else "")
-        return command(argv[1:]) if command else _main(argv)
+        with _sigterm_as_ctrl_c():
+            return command(argv[1:]) if command else _main(argv)
     except HlbError as e:
         # Under torchrun a usage error is every rank's alike, and a quiet one is rank 0's to
         # report: the other ranks stay silent and exit 0, so that torchrun's report points
@@ -111,10 +134,14 @@ def main(argv=None):
         return 130
 
 
+def _torchrun():
+    """Whether this process is a torchrun worker (see hlb.dist.world_from_env)."""
+    return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+
+
 def _follower():
-    """Whether this is a torchrun worker other than rank 0 (see hlb.dist.world_from_env)."""
-    env = os.environ
-    return all(k in env for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK")) and env["RANK"] != "0"
+    """Whether this is a torchrun worker other than rank 0."""
+    return _torchrun() and os.environ["RANK"] != "0"
 
 
 def _rank_prefix():

@@ -127,7 +127,8 @@ def test_an_unwritable_results_folder_fails_before_training(unwritable_dir, tmp_
     assert not (tmp_path / "never").exists()       # stopped before touching the data
 
 
-def test_ctrl_c_keeps_the_finished_runs_and_exits_130(cifar_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_keeps_the_finished_runs_and_exits_130(sig, cifar_dir, tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "main.py"), *TINY, "--runs", "100",
@@ -138,7 +139,7 @@ def test_ctrl_c_keeps_the_finished_runs_and_exits_130(cifar_dir, tmp_path):
         for line in proc.stdout:                   # wait until a run has finished
             if " tta |" in line:
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
