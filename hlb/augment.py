@@ -20,22 +20,24 @@ def normalize(images_uint8, dtype):
     return ((images_uint8.float() / 255 - mean) / std).to(dtype)
 
 
-def flip_where(images, mask):
-    """Mirror (along the width axis) the images whose mask entry is True."""
-    return torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
+def random_crop(padded, size, flip=None, generator=None):
+    """One random size x size window per image of a padded NCHW batch, mirrored along the
+    width where `flip` (a bool per image) is True: a single gather does both.
 
-
-def random_crop(padded, size, generator=None):
-    """One random size x size window per image from a padded NCHW batch."""
-    n, _, h, w = padded.shape
-    dy = torch.randint(0, h - size + 1, (n,), device=padded.device, generator=generator)
-    dx = torch.randint(0, w - size + 1, (n,), device=padded.device, generator=generator)
-    offsets = torch.arange(size, device=padded.device)
-    rows = (dy[:, None] + offsets)[:, None, :, None]          # N, 1, size, 1
-    cols = (dx[:, None] + offsets)[:, None, None, :]          # N, 1, 1, size
-    batch = torch.arange(n, device=padded.device)[:, None, None, None]
-    channel = torch.arange(padded.shape[1], device=padded.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
+    The result is channels-last in memory (what the convs want on a GPU).
+    """
+    n, c, h, w = padded.shape
+    device = padded.device
+    dy = torch.randint(0, h - size + 1, (n, 1), device=device, generator=generator)
+    dx = torch.randint(0, w - size + 1, (n, 1), device=device, generator=generator)
+    offsets = torch.arange(size, device=device)
+    across = offsets if flip is None else torch.where(flip[:, None], size - 1 - offsets, offsets)
+    # Index in N, H, W, C order, then view as NCHW: the gather writes channels-last directly.
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    rows = (dy + offsets)[:, :, None, None]                   # N, size, 1, 1
+    cols = (dx + across)[:, None, :, None]                    # N, 1, size, 1
+    channel = torch.arange(c, device=device)[None, None, None, :]
+    return padded[batch, channel, rows, cols].permute(0, 3, 1, 2)
 
 
 def cutout(images, size, generator=None):
@@ -57,6 +59,10 @@ def cutout(images, size, generator=None):
 class TrainBatches:
     """Shuffled, augmented batches of the training set, one epoch per `epoch(e)` call.
 
+    Each epoch augments the whole set at once (a new window and flip per image, then cutout),
+    so a training step only gathers its batch: a few large kernels per epoch instead of a
+    dozen small ones per step.
+
     Flip "alternate" draws one random flip per image for the run and inverts it on every odd
     epoch, so each image is seen in both orientations in turn; it needs fewer epochs than
     flipping at random each epoch. `cutout` > 0 zeroes a square of that side in each image.
@@ -66,12 +72,10 @@ class TrainBatches:
         self.labels = labels
         self.batch_size = batch_size
         self.flip = flip
-        self.translate = translate
         self.cutout_size = cutout
         self.generator = generator
-        pad = (translate,) * 4
         # Pad once per run; each epoch only picks a window.
-        self.padded = F.pad(images, pad, mode="reflect") if translate else images
+        self.padded = F.pad(images, (translate,) * 4, mode="reflect") if translate else images
         self.size = images.shape[-1]
         self.base_flip = self._coin(len(images))
 
@@ -82,18 +86,20 @@ class TrainBatches:
     def __len__(self):
         return len(self.labels) // self.batch_size
 
+    def augmented(self, epoch):
+        """The whole training set as seen in `epoch`."""
+        flip = {"alternate": lambda: self.base_flip ^ bool(epoch % 2),
+                "random": lambda: self._coin(len(self.labels)),
+                "none": lambda: None}[self.flip]()
+        images = random_crop(self.padded, self.size, flip, self.generator)
+        if self.cutout_size:
+            images = cutout(images, self.cutout_size, self.generator)
+        return images
+
     def epoch(self, epoch):
+        images = self.augmented(epoch)
         order = torch.randperm(len(self.labels), device=self.labels.device,
                                generator=self.generator)
         for i in range(len(self)):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            images = self.padded[index]
-            if self.translate:
-                images = random_crop(images, self.size, self.generator)
-            if self.flip == "alternate":
-                images = flip_where(images, self.base_flip[index] ^ bool(epoch % 2))
-            elif self.flip == "random":
-                images = flip_where(images, self._coin(len(index)))
-            if self.cutout_size:
-                images = cutout(images, self.cutout_size, self.generator)
-            yield images, self.labels[index]
+            yield images[index], self.labels[index]

@@ -4,6 +4,8 @@ Hyperparameters arrive in decoupled form (per 1024 examples, independent of mome
 converted here to what torch.optim.SGD expects for a summed loss.
 """
 
+import functools
+
 import torch
 from torch import nn
 
@@ -40,6 +42,13 @@ def newton_schulz(g, steps, eps=1e-7):
     return (x.T if tall else x).to(g.dtype)
 
 
+@functools.cache
+def compiled_newton_schulz():
+    """newton_schulz through torch.compile (its chain of small matmuls and elementwise ops
+    becomes a few kernels); built once per process."""
+    return torch.compile(newton_schulz)
+
+
 class Muon(torch.optim.Optimizer):
     """Momentum, then an orthogonalised update, for conv filters (reshaped to out x in*k*k).
 
@@ -47,8 +56,9 @@ class Muon(torch.optim.Optimizer):
     norm stands in for weight decay, and makes `lr` a step size relative to the weights.
     """
 
-    def __init__(self, params, lr, momentum, ns_steps):
+    def __init__(self, params, lr, momentum, ns_steps, orthogonalize=newton_schulz):
         super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps))
+        self.orthogonalize = orthogonalize
 
     @torch.no_grad()
     def step(self):
@@ -60,7 +70,7 @@ class Muon(torch.optim.Optimizer):
                 buf.mul_(group["momentum"]).add_(p.grad)
                 g = p.grad.add(buf, alpha=group["momentum"])      # Nesterov
                 p.mul_(len(p) ** 0.5 / p.norm())
-                update = newton_schulz(g.reshape(len(g), -1), group["ns_steps"])
+                update = self.orthogonalize(g.reshape(len(g), -1), group["ns_steps"])
                 p.add_(update.view_as(p), alpha=-group["lr"])
 
 
@@ -86,14 +96,33 @@ def make_optimizers(net, recipe):
     groups = [dict(params=bn_biases, lr=bias_lr, weight_decay=decay / bias_lr),
               dict(params=[net.whiten.bias], lr=whiten_lr, weight_decay=decay / whiten_lr),
               dict(params=others, lr=lr, weight_decay=decay / lr)]
-    optimizers = [torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True)]
+    # fused: one kernel per step for all of a group's tensors.
+    optimizers = [torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True,
+                                  fused=True)]
     if muon:
+        # Compiled only on a GPU, as the network is (the CPU path stays eager).
+        compiled = recipe.compile and net.whiten.bias.is_cuda
         optimizers.append(Muon(filters, recipe.muon_lr, recipe.muon_momentum,
-                               recipe.muon_ns_steps))
+                               recipe.muon_ns_steps,
+                               compiled_newton_schulz() if compiled else newton_schulz))
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["peak_lr"] = group["lr"]
+            group["schedule_steps"] = recipe.total_steps()
+    if recipe.whiten_bias_own_schedule:
+        optimizers[0].param_groups[1]["schedule_steps"] = recipe.whiten_bias_steps()
     return optimizers
+
+
+def set_learning_rates(optimizers, step, recipe):
+    """Each group's lr at `step`: its peak times the schedule, which spans the group's
+    `schedule_steps` (the run, or the whitening bias's training steps) and then stays at its
+    end value."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            span = group["schedule_steps"]
+            group["lr"] = group["peak_lr"] * lr_multiplier(
+                min(step, span), span, recipe.warmup_frac, recipe.lr_start, recipe.lr_end)
 
 
 def lr_multiplier(step, total_steps, warmup_frac, start, end):
@@ -114,21 +143,18 @@ class Lookahead:
     """
 
     def __init__(self, net, every, decay_per_step, total_steps):
-        self.net = net
         self.every = every
         self.decay = decay_per_step ** every
         self.total_steps = total_steps
-        self.slow = {k: v.detach().clone() for k, v in self._floats().items()}
-
-    def _floats(self):
-        return {k: v for k, v in self.net.state_dict().items() if v.is_floating_point()}
+        # The state dict's tensors share storage with the network, so this list stays live.
+        self.fast = [v for v in net.state_dict().values() if v.is_floating_point()]
+        self.slow = [v.detach().clone() for v in self.fast]
 
     @torch.no_grad()
     def _pull(self, keep):
-        for name, fast in self._floats().items():
-            slow = self.slow[name]
-            slow.lerp_(fast, 1 - keep)
-            fast.copy_(slow)
+        # One multi-tensor kernel per operation instead of two small kernels per tensor.
+        torch._foreach_lerp_(self.slow, self.fast, 1 - keep)
+        torch._foreach_copy_(self.fast, self.slow)
 
     def after_step(self, step):
         """Call with the number of steps taken so far."""

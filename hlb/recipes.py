@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from hlb.errors import UsageError
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -47,6 +49,8 @@ class Recipe:
     lr_start: float = 0.2            # learning rate multiplier at step 0
     lr_end: float = 0.07             # learning rate multiplier at the last step
     whiten_bias_epochs: float = 3.0   # epochs the whitening bias trains before it is frozen
+    whiten_bias_own_schedule: bool = False  # the whitening bias runs the schedule's shape over
+                                     # its own training steps (ending at the freeze), not the run's
     lookahead_every: int = 5         # steps between Lookahead pulls; 0 turns Lookahead off
     lookahead_decay: float = 0.95    # per step; the pull's weight also grows as (step/total)^3
 
@@ -63,7 +67,10 @@ class Recipe:
     # Execution (GPU only; the CPU always runs fp32 without compile)
     half: bool = True                # fp16 weights and activations, BatchNorm kept in fp32
     channels_last: bool = True
-    compile: bool = False            # torch.compile the network (compile time is reported apart)
+    compile: bool = False            # torch.compile the network and Muon's Newton-Schulz step
+                                     # (compile time is reported apart, as the warm-up)
+    compile_mode: str = "default"    # torch.compile mode: "default", "reduce-overhead" (CUDA
+                                     # graphs), "max-autotune", "max-autotune-no-cudagraphs"
 
     def steps_per_epoch(self):
         return self.train_images // self.batch_size
@@ -71,6 +78,9 @@ class Recipe:
     def total_steps(self):
         # Round up, with a tolerance so that 2.0 epochs of 48 steps is 96 steps, not 97.
         return max(1, math.ceil(self.steps_per_epoch() * self.epochs - 1e-9))
+
+    def whiten_bias_steps(self):
+        return round(self.whiten_bias_epochs * self.steps_per_epoch())
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -109,6 +119,7 @@ RECIPES = {
         lr=6.5,                      # BatchNorm and whitening biases at 64x: 0.053 per step
         weight_decay=0.0157,         # 0.004 of each weight per step at the peak
         whiten_bias_lr_scale=64.0,
+        whiten_bias_own_schedule=True,   # its lr falls to 0 at the freeze, after 75 steps
         warmup_frac=0.0,
         lr_start=1.0,
         lr_end=0.0,
@@ -181,6 +192,8 @@ def _validate(recipe):
         problems.append("optimizer must be sgd or muon")
     if recipe.muon_ns_steps < 1:
         problems.append("muon_ns_steps must be at least 1")
+    if recipe.compile_mode not in COMPILE_MODES:
+        problems.append("compile_mode must be one of " + ", ".join(COMPILE_MODES))
     if recipe.flip not in ("alternate", "random", "none"):
         problems.append("flip must be alternate, random or none")
     if recipe.tta_level not in (0, 1, 2):

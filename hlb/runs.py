@@ -81,7 +81,8 @@ class Bench:
             torch.backends.cudnn.benchmark = True
         self.data = to_device(cifar, recipe, device)
         self.net = build_net(recipe, device)
-        self.forward = torch.compile(self.net) if self.cuda and recipe.compile else self.net
+        self.forward = (torch.compile(self.net, mode=recipe.compile_mode)
+                        if self.cuda and recipe.compile else self.net)
         # The record names the kind of device; which GPU ran which run is the launcher's.
         self.record = Record(recipe=recipe, device=torch.device(device).type,
                              data_fingerprint=cifar.fingerprint, seed=seed)

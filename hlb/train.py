@@ -4,8 +4,8 @@ The method, in order: normalise the data, initialise the whitening layer from pa
 train with Nesterov SGD under a warm-up/decay schedule and Lookahead, freezing the whitening
 bias after a few epochs, then evaluate with test-time augmentation.
 
-Timed region (see README.md, "Timing"): data normalisation and padding, whitening init, every
-training step, and the final TTA evaluation. Not timed: loading from disk, building the
+Timed region (see README.md, "Timing"): data normalisation and padding, whitening init, each
+epoch's augmentation, every training step, and the final TTA evaluation. Not timed: loading from disk, building the
 network, the per-epoch plain evaluation (timed separately) and printing.
 """
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from hlb.augment import TrainBatches, normalize
 from hlb.evaluate import evaluate
 from hlb.model import init_whitening, make_net
-from hlb.optim import Lookahead, lr_multiplier, make_optimizers
+from hlb.optim import Lookahead, make_optimizers, set_learning_rates
 
 
 # A run whose mean loss per image passes this has diverged: a healthy one starts near
@@ -152,9 +152,8 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
 
     total_steps = recipe.total_steps()
     steps_per_epoch = recipe.steps_per_epoch()
-    freeze_step = round(recipe.whiten_bias_epochs * steps_per_epoch)
+    freeze_step = recipe.whiten_bias_steps()
     optimizers = make_optimizers(net, recipe)
-    groups = [group for optimizer in optimizers for group in optimizer.param_groups]
     watch = Stopwatch(device)
 
     watch.start()
@@ -180,10 +179,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
             loss = F.cross_entropy(out, labels, label_smoothing=recipe.label_smoothing,
                                    reduction="sum")
             loss.backward()
-            multiplier = lr_multiplier(step, total_steps, recipe.warmup_frac,
-                                       recipe.lr_start, recipe.lr_end)
-            for group in groups:
-                group["lr"] = group["peak_lr"] * multiplier
+            set_learning_rates(optimizers, step, recipe)
             for optimizer in optimizers:
                 optimizer.step()
             net.zero_grad(set_to_none=True)

@@ -1,14 +1,6 @@
 import torch
 
-from hlb.augment import TrainBatches, cutout, flip_where, normalize, random_crop
-
-
-def test_flip_mirrors_the_width_axis_only_where_asked():
-    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float).reshape(2, 3, 4, 5)
-    out = flip_where(x, torch.tensor([True, False]))
-    assert torch.equal(out[0], x[0].flip(-1))      # width is the last axis
-    assert torch.equal(out[0][:, :, 0], x[0][:, :, -1])
-    assert torch.equal(out[1], x[1])
+from hlb.augment import TrainBatches, cutout, normalize, random_crop
 
 
 def test_random_crop_keeps_content_and_covers_all_shifts():
@@ -17,6 +9,7 @@ def test_random_crop_keeps_content_and_covers_all_shifts():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
     out = random_crop(padded, 8)
     assert out.shape == x.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
     shifts = set()
     for i in range(len(x)):
         # Each output is exactly one 8x8 window of its own padded image.
@@ -25,6 +18,18 @@ def test_random_crop_keeps_content_and_covers_all_shifts():
         assert found
         shifts.add(found[0])
     assert len(shifts) == 25
+
+
+def test_random_crop_mirrors_the_width_axis_only_where_asked():
+    g = torch.Generator().manual_seed(0)
+    padded = torch.nn.functional.pad(torch.randn(50, 3, 6, 6, generator=g), (1, 1, 1, 1))
+    flip = torch.arange(50) % 2 == 0
+    g.manual_seed(1)
+    plain = random_crop(padded, 6, generator=g)
+    g.manual_seed(1)
+    mirrored = random_crop(padded, 6, flip=flip, generator=g)    # same windows, mirrored
+    assert torch.equal(mirrored[flip], plain[flip].flip(-1))    # width is the last axis
+    assert torch.equal(mirrored[~flip], plain[~flip])
 
 
 def test_alternating_flip_inverts_every_other_epoch():

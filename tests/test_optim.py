@@ -4,7 +4,7 @@ import torch
 from conftest import synthetic_cifar
 from hlb.model import make_net
 from hlb.optim import (Lookahead, Muon, lr_multiplier, make_optimizers, newton_schulz,
-                       sgd_settings)
+                       compiled_newton_schulz, set_learning_rates, sgd_settings)
 from hlb.recipes import RECIPES, override
 from hlb.runs import run_recipe
 
@@ -111,3 +111,61 @@ def test_muon_recipe_groups_filters_apart_and_learns():
     assert not any(p.ndim == 4 for g in sgd.param_groups for p in g["params"])
     record = run_recipe(recipe, runs=1, device="cpu", seed=0, cifar=synthetic_cifar())
     assert record.results[0].tta_acc > 0.6
+
+
+def test_lookahead_covers_buffers_and_mixed_dtypes():
+    # fp16 weights next to fp32 BatchNorm statistics, as on a GPU; the pull reaches both.
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4, bias=False).half(), torch.nn.BatchNorm1d(4))
+    la = Lookahead(net, every=2, decay_per_step=0.0, total_steps=4)
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[1].running_mean.fill_(1.0)
+    la.after_step(1)                 # not a Lookahead step: nothing moves
+    assert torch.all(net[0].weight == 1.0)
+    la.after_step(2)                 # keep = 0: the slow copy jumps to the fast weights
+    with torch.no_grad():
+        net[0].weight.fill_(5.0)
+        net[1].running_mean.fill_(5.0)
+    la.finish()
+    assert torch.all(net[0].weight == 1.0) and net[0].weight.dtype == torch.float16
+    assert torch.all(net[1].running_mean == 1.0)
+
+
+def test_whitening_bias_can_run_its_own_schedule_to_the_freeze():
+    recipe = RECIPES["94muon"]                # 25 steps per epoch, frozen after 3 epochs
+    assert recipe.whiten_bias_own_schedule and recipe.whiten_bias_steps() == 75
+    net = make_net(recipe)
+    optimizers = make_optimizers(net, recipe)
+    sgd = optimizers[0]
+    bn, whiten, head = sgd.param_groups
+
+    def lrs(step):
+        set_learning_rates(optimizers, step, recipe)
+        return whiten["lr"] / whiten["peak_lr"], head["lr"] / head["peak_lr"]
+
+    assert lrs(0) == (1.0, 1.0)
+    assert lrs(30) == pytest.approx((1 - 30 / 75, 1 - 30 / 200))
+    assert lrs(150) == pytest.approx((0.0, 0.25))             # held at the end, never negative
+    assert bn["lr"] / bn["peak_lr"] == pytest.approx(0.25)
+    assert optimizers[1].param_groups[0]["lr"] == pytest.approx(0.25 * recipe.muon_lr)
+    # Recipe 94 keeps one schedule for every group.
+    plain = RECIPES["94"]
+    optimizers = make_optimizers(make_net(plain), plain)
+    set_learning_rates(optimizers, 200, plain)
+    ratios = {g["lr"] / g["peak_lr"] for g in optimizers[0].param_groups}
+    assert len(ratios) == 1
+
+
+def test_compiled_newton_schulz_matches_the_eager_one():
+    # The GPU path with --set compile=true; inductor also builds it for the CPU.
+    g = torch.randn(32, 72, generator=torch.Generator().manual_seed(0))
+    compiled = compiled_newton_schulz()
+    assert compiled is compiled_newton_schulz()               # built once per process
+    assert torch.allclose(compiled(g, 3), newton_schulz(g, 3), atol=1e-5)
+    w = torch.nn.Parameter(torch.randn(8, 4, 3, 3))
+    w.grad = torch.randn_like(w)
+    calls = []
+    opt = Muon([w], lr=0.1, momentum=0.0, ns_steps=3,
+               orthogonalize=lambda m, steps: calls.append(m.shape) or newton_schulz(m, steps))
+    opt.step()
+    assert calls == [(8, 36)]                                 # filters flattened to out x in*k*k

@@ -99,6 +99,7 @@ def test_recipe_96_is_the_june_2024_airbench96():
     ("cutout=-1", "cutout must be between 0 and 32"),
     ("cutout=33", "cutout must be between 0 and 32"),
     ("convs_per_group=4", "convs_per_group must be 2 or 3"),
+    ("compile_mode=fast", "compile_mode must be one of default, reduce-overhead"),
 ])
 def test_bad_new_fields_are_usage_errors(item, message):
     with pytest.raises(UsageError, match=message):
@@ -124,3 +125,4 @@ def test_recipe_94muon_matches_the_muon_method():
     assert bias_lr == pytest.approx(0.053, abs=0.001)       # BatchNorm and whitening biases
     assert lr * r.whiten_bias_lr_scale == pytest.approx(bias_lr)
     assert decay == pytest.approx(0.004, abs=0.0001)        # per step at the peak
+    assert r.whiten_bias_own_schedule and r.whiten_bias_steps() == 75
