@@ -1,6 +1,6 @@
 """Print the comparison table of scripts/gpu_check.sh: our records against a reference log.
 
-    python scripts/gpu_summary.py OURS.json [MORE.json ...] [--reference REFERENCE.log]
+    python scripts/gpu_summary.py [ours-LABEL.json ...] [--reference REFERENCE.log]
 
 The reference log is the output of an airbench-style script: a `|`-separated table whose
 final row per run has "eval" in its second column, TTA accuracy in the next-to-last column
@@ -40,9 +40,15 @@ def describe(name, accs, times):
             f"min {min(times):.3f} max {max(times):.3f} s")
 
 
+def label(path, record):
+    """The variant's label from gpu_check.sh's file name (ours-LABEL.json), else the recipe."""
+    stem = Path(path).stem
+    return stem[len("ours-"):] if stem.startswith("ours-") else record["recipe"]["name"]
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("ours", nargs="+")
+    parser.add_argument("ours", nargs="*", help="records written by main.py --json")
     parser.add_argument("--reference")
     args = parser.parse_args()
     ref_accs, ref_times = reference_runs(args.reference) if args.reference else ([], [])
@@ -52,10 +58,13 @@ def main():
         accs = [r["tta_acc"] for r in runs]
         times = [r["train_time_s"] for r in runs]
         env = record["environment"]
-        name = record["recipe"]["name"]
-        print(f"card {env['gpu']}, torch {env['torch']}, cuda {env['cuda']}, {env['date']}")
-        print(f"recipe {name}: warm-up {record['warmup_s']:.1f} s, peak memory "
-              f"{record['summary']['peak_mem_reserved'] / 2**20:.0f} MiB reserved")
+        name = label(path, record)
+        flags = " ".join(record.get("argv") or [])
+        print(f"{name}: {flags}")
+        print(f"  card {env['gpu']}, torch {env['torch']}, cuda {env['cuda']}, {env['date']}; "
+              f"warm-up {record['warmup_s']:.1f} s, peak memory "
+              f"{record['summary']['peak_mem_reserved'] / 2**20:.0f} MiB reserved"
+              + (f"; stopped: {record['stopped']}" if record.get("stopped") else ""))
         print(describe(name, accs, times))
         if times and ref_times:
             ratio = mean(times) / mean(ref_times)
