@@ -28,25 +28,44 @@ def newton_schulz(g, steps, eps=1e-7):
 
     A quintic iteration pushes every singular value of g (scaled so they are <= 1) toward 1;
     its coefficients favour speed over exactness, leaving values roughly in 0.7..1.2, which
-    trains as well. bf16 on a GPU, where it is the fast path; fp32 on a CPU.
+    trains as well. `g` is one matrix or a batch (..., rows, cols). bf16 on a GPU, where it
+    is the fast path; fp32 on a CPU.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.bfloat16() if g.is_cuda else g.float()
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T                          # iterate on the smaller Gram matrix
-    x = x / (x.norm() + eps)
+        x = x.mT                         # iterate on the smaller Gram matrix
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(g.dtype)
+    return (x.mT if tall else x).to(g.dtype)
+
+
+def orthogonalize_all(matrices, steps, newton_schulz=newton_schulz):
+    """newton_schulz of each matrix, all in one batch, so a step costs a few large matmuls
+    instead of a few small ones per matrix.
+
+    Each matrix is turned wide and zero-padded to a common shape. Zero rows and columns stay
+    zero through the iteration and add nothing to the norm, so each result equals the
+    matrix's own.
+    """
+    wide = [m.mT if m.size(0) > m.size(1) else m for m in matrices]
+    rows, cols = max(w.size(0) for w in wide), max(w.size(1) for w in wide)
+    batch = wide[0].new_zeros(len(wide), rows, cols)
+    for padded, w in zip(batch, wide):
+        padded[:w.size(0), :w.size(1)] = w
+    out = newton_schulz(batch, steps)
+    return [o[:w.size(0), :w.size(1)].mT if w is not m else o[:w.size(0), :w.size(1)]
+            for o, w, m in zip(out, wide, matrices)]
 
 
 @functools.cache
-def compiled_newton_schulz():
-    """newton_schulz through torch.compile (its chain of small matmuls and elementwise ops
-    becomes a few kernels); built once per process."""
-    return torch.compile(newton_schulz)
+def compiled_orthogonalize_all():
+    """orthogonalize_all with the iteration through torch.compile (its chain of matmuls and
+    elementwise ops becomes a few kernels); built once per process."""
+    return functools.partial(orthogonalize_all, newton_schulz=torch.compile(newton_schulz))
 
 
 class Muon(torch.optim.Optimizer):
@@ -54,24 +73,31 @@ class Muon(torch.optim.Optimizer):
 
     Each filter bank is rescaled to Frobenius norm sqrt(out_channels) before its step: a fixed
     norm stands in for weight decay, and makes `lr` a step size relative to the weights.
+    The step treats all filters at once (multi-tensor ops, one batched orthogonalisation).
     """
 
-    def __init__(self, params, lr, momentum, ns_steps, orthogonalize=newton_schulz):
+    def __init__(self, params, lr, momentum, ns_steps, orthogonalize=orthogonalize_all):
         super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps))
         self.orthogonalize = orthogonalize
 
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum", torch.zeros_like(p.grad))
-                buf.mul_(group["momentum"]).add_(p.grad)
-                g = p.grad.add(buf, alpha=group["momentum"])      # Nesterov
-                p.mul_(len(p) ** 0.5 / p.norm())
-                update = self.orthogonalize(g.reshape(len(g), -1), group["ns_steps"])
-                p.add_(update.view_as(p), alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            buffers = [self.state[p].setdefault("momentum", torch.zeros_like(g))
+                       for p, g in zip(params, grads)]
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, grads)
+            nesterov = torch._foreach_add(grads, buffers, alpha=group["momentum"])
+            norms = torch._foreach_norm(params)
+            torch._foreach_mul_(params, [len(p) ** 0.5 / n for p, n in zip(params, norms)])
+            updates = self.orthogonalize([g.reshape(len(g), -1) for g in nesterov],
+                                         group["ns_steps"])
+            torch._foreach_add_(params, [u.reshape(p.shape) for u, p in zip(updates, params)],
+                                alpha=-group["lr"])
 
 
 def make_optimizers(net, recipe):
@@ -104,7 +130,7 @@ def make_optimizers(net, recipe):
         compiled = recipe.compile and net.whiten.bias.is_cuda
         optimizers.append(Muon(filters, recipe.muon_lr, recipe.muon_momentum,
                                recipe.muon_ns_steps,
-                               compiled_newton_schulz() if compiled else newton_schulz))
+                               compiled_orthogonalize_all() if compiled else orthogonalize_all))
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["peak_lr"] = group["lr"]

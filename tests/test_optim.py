@@ -4,7 +4,8 @@ import torch
 from conftest import synthetic_cifar
 from hlb.model import make_net
 from hlb.optim import (Lookahead, Muon, lr_multiplier, make_optimizers, newton_schulz,
-                       compiled_newton_schulz, set_learning_rates, sgd_settings)
+                       compiled_orthogonalize_all, orthogonalize_all, set_learning_rates,
+                       sgd_settings)
 from hlb.recipes import RECIPES, override
 from hlb.runs import run_recipe
 
@@ -156,16 +157,43 @@ def test_whitening_bias_can_run_its_own_schedule_to_the_freeze():
     assert len(ratios) == 1
 
 
-def test_compiled_newton_schulz_matches_the_eager_one():
+def test_batched_orthogonalization_equals_one_matrix_at_a_time():
+    g = torch.Generator().manual_seed(0)
+    # Wide and tall matrices of different sizes, as the conv filters of a network are.
+    matrices = [torch.randn(8, 36, generator=g), torch.randn(16, 72, generator=g),
+                torch.randn(40, 12, generator=g), torch.randn(5, 5, generator=g)]
+    batched = orthogonalize_all(matrices, steps=3)
+    for m, b in zip(matrices, batched):
+        assert b.shape == m.shape
+        assert torch.allclose(b, newton_schulz(m, 3), atol=1e-5)
+
+
+def test_compiled_orthogonalization_matches_the_eager_one():
     # The GPU path with --set compile=true; inductor also builds it for the CPU.
-    g = torch.randn(32, 72, generator=torch.Generator().manual_seed(0))
-    compiled = compiled_newton_schulz()
-    assert compiled is compiled_newton_schulz()               # built once per process
-    assert torch.allclose(compiled(g, 3), newton_schulz(g, 3), atol=1e-5)
-    w = torch.nn.Parameter(torch.randn(8, 4, 3, 3))
-    w.grad = torch.randn_like(w)
-    calls = []
-    opt = Muon([w], lr=0.1, momentum=0.0, ns_steps=3,
-               orthogonalize=lambda m, steps: calls.append(m.shape) or newton_schulz(m, steps))
-    opt.step()
-    assert calls == [(8, 36)]                                 # filters flattened to out x in*k*k
+    g = torch.Generator().manual_seed(0)
+    matrices = [torch.randn(8, 36, generator=g), torch.randn(16, 72, generator=g)]
+    compiled = compiled_orthogonalize_all()
+    assert compiled is compiled_orthogonalize_all()           # built once per process
+    for c, e in zip(compiled(matrices, 3), orthogonalize_all(matrices, 3)):
+        assert torch.allclose(c, e, atol=1e-5)
+
+
+def test_muon_step_equals_the_per_filter_method():
+    # The multi-tensor step against the method written out one filter at a time.
+    g = torch.Generator().manual_seed(0)
+    shapes = [(8, 4, 3, 3), (16, 8, 3, 3), (4, 16, 3, 3)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    expected = [p.detach().clone() for p in params]
+    buffers = [torch.zeros_like(p) for p in params]
+    opt = Muon(params, lr=0.1, momentum=0.6, ns_steps=3)
+    for _ in range(3):
+        grads = [torch.randn(s, generator=g) for s in shapes]
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        opt.step()
+        for w, buf, grad in zip(expected, buffers, grads):
+            buf.mul_(0.6).add_(grad)
+            update = newton_schulz((grad + 0.6 * buf).reshape(len(w), -1), 3)
+            w.mul_(len(w) ** 0.5 / w.norm()).add_(update.view_as(w), alpha=-0.1)
+    for p, w in zip(params, expected):
+        assert torch.allclose(p.detach(), w, atol=1e-5)
