@@ -162,6 +162,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
     init_whitening(net, train_images[:recipe.whiten_init_images], recipe.whiten_eps)
     batches = TrainBatches(train_images, data.train_labels, recipe.batch_size, recipe.flip,
                            recipe.translate, cutout=recipe.cutout)
+    del train_images        # `batches` keeps its padded copy: one full-set copy fewer in memory
     # The slow copy starts from the whitened network, not the random one.
     lookahead = Lookahead(net, recipe.lookahead_every, recipe.lookahead_decay, total_steps)
     watch.stop()
