@@ -56,9 +56,8 @@ def orthogonalize_all(matrices, steps, newton_schulz=newton_schulz):
     batch = wide[0].new_zeros(len(wide), rows, cols)
     for padded, w in zip(batch, wide):
         padded[:w.size(0), :w.size(1)] = w
-    out = newton_schulz(batch, steps)
-    return [o[:w.size(0), :w.size(1)].mT if w is not m else o[:w.size(0), :w.size(1)]
-            for o, w, m in zip(out, wide, matrices)]
+    out = [o[:w.size(0), :w.size(1)] for o, w in zip(newton_schulz(batch, steps), wide)]
+    return [o if w is m else o.mT for o, w, m in zip(out, wide, matrices)]
 
 
 @functools.cache

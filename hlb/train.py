@@ -1,12 +1,14 @@
 """One training run, start to finish, returning a result record.
 
 The method, in order: normalise the data, initialise the whitening layer from patch statistics,
-train with Nesterov SGD under a warm-up/decay schedule and Lookahead, freezing the whitening
-bias after a few epochs, then evaluate with test-time augmentation.
+train with Nesterov SGD (Muon for the conv filters in 94muon) under a warm-up/decay schedule
+and Lookahead, freezing the whitening bias after a few epochs, then evaluate with test-time
+augmentation.
 
 Timed region (see README.md, "Timing"): data normalisation and padding, whitening init, each
-epoch's augmentation, every training step, and the final TTA evaluation. Not timed: loading from disk, building the
-network, the per-epoch plain evaluation (timed separately) and printing.
+epoch's augmentation, every training step, and the final TTA evaluation. Not timed: loading
+from disk, building the network, the per-epoch plain evaluation (timed separately) and
+printing.
 """
 
 import math
