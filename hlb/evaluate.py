@@ -1,5 +1,7 @@
 """Test-set evaluation, plain and with test-time augmentation (TTA)."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -23,17 +25,34 @@ VIEWS = {0: lambda net, x: net(x), 1: _mirror, 2: _mirror_translate}
 
 
 @torch.no_grad()
-def logits(net, images, tta_level, batch_size):
+def logits(net, images, tta_level, batch_size, tta_fraction=1.0):
+    """Logits of every image under the views of `tta_level`.
+
+    With tta_fraction < 1, only that share of the images, the least confident under the plain
+    view, get the augmented views; the others keep their plain logits. Confident images
+    rarely change their answer, so most of the TTA cost buys nothing for them.
+    """
     was_training = net.training
     net.eval()
-    out = torch.cat([VIEWS[tta_level](net, x).float() for x in images.split(batch_size)])
+
+    def run(views, x):
+        return torch.cat([views(net, batch).float() for batch in x.split(batch_size)])
+
+    if tta_level and tta_fraction < 1:
+        out = run(VIEWS[0], images)
+        unsure = out.softmax(1).amax(1).topk(math.ceil(tta_fraction * len(images)),
+                                              largest=False).indices
+        out[unsure] = run(VIEWS[tta_level], images[unsure])
+    else:
+        out = run(VIEWS[tta_level], images)
     net.train(was_training)
     return out
 
 
-def evaluate(net, images, labels, tta_level=0, batch_size=2000, label_smoothing=0.0):
+def evaluate(net, images, labels, tta_level=0, batch_size=2000, label_smoothing=0.0,
+             tta_fraction=1.0):
     """Return (accuracy, mean loss) as device tensors; reading them is the caller's sync."""
-    out = logits(net, images, tta_level, batch_size)
+    out = logits(net, images, tta_level, batch_size, tta_fraction)
     accuracy = (out.argmax(1) == labels).float().mean()
     loss = F.cross_entropy(out, labels, label_smoothing=label_smoothing)
     return accuracy, loss

@@ -62,6 +62,8 @@ class Recipe:
 
     # Evaluation
     tta_level: int = 2               # 0 plain, 1 + mirror, 2 + mirror and 1-pixel translates
+    tta_fraction: float = 1.0        # share of test images given those views: the least
+                                     # confident under the plain view (the rest stay plain)
     eval_batch_size: int = 2000      # images per evaluation forward pass
 
     # Execution (GPU only; the CPU always runs fp32 without compile)
@@ -198,6 +200,8 @@ def _validate(recipe):
         problems.append("flip must be alternate, random or none")
     if recipe.tta_level not in (0, 1, 2):
         problems.append("tta_level must be 0, 1 or 2")
+    if not 0 < recipe.tta_fraction <= 1:
+        problems.append("tta_fraction must be in (0, 1]")
     if recipe.translate < 0 or recipe.lookahead_every < 0:
         problems.append("translate and lookahead_every must not be negative")
     if not 0 <= recipe.momentum < 1:

@@ -202,7 +202,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
         check = None
         if target_acc is not None:
             check, _ = evaluate(forward, test_images, data.test_labels, recipe.tta_level,
-                                recipe.eval_batch_size)
+                                recipe.eval_batch_size, tta_fraction=recipe.tta_fraction)
             check = check.item()       # the sync is part of the check's cost
         watch.stop()
 
@@ -228,7 +228,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
     if target_acc is None:
         watch.start()
         tta_acc, _ = evaluate(forward, test_images, data.test_labels, recipe.tta_level,
-                              recipe.eval_batch_size)
+                              recipe.eval_batch_size, tta_fraction=recipe.tta_fraction)
         watch.stop()
         result.tta_acc = tta_acc.item()
     else:

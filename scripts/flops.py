@@ -1,6 +1,6 @@
 """FLOPs of one run of a recipe, counted by torch's FlopCounterMode on the CPU.
 
-    python scripts/flops.py [RECIPE]
+    python scripts/flops.py [RECIPE] [key=value ...]
 
 Counts the matrix work (convolutions and the head) of every training step (forward and
 backward), the per-epoch plain evaluations, and the final TTA evaluation. Divide by a GPU's
@@ -16,7 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hlb.evaluate import VIEWS  # noqa: E402
 from hlb.model import make_net  # noqa: E402
-from hlb.recipes import get_recipe  # noqa: E402
+from hlb.errors import UsageError  # noqa: E402
+from hlb.recipes import get_recipe, override  # noqa: E402
 
 
 def count(fn):
@@ -26,12 +27,18 @@ def count(fn):
 
 
 def main():
-    recipe = get_recipe(sys.argv[1] if len(sys.argv) > 1 else "94")
+    try:
+        recipe = override(get_recipe(sys.argv[1] if len(sys.argv) > 1 else "94"), sys.argv[2:])
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     net = make_net(recipe)
     x = torch.randn(recipe.batch_size, 3, 32, 32)
     step = count(lambda: net(x).sum().backward())
     forward_per_image = count(lambda: net(x[:1]))
     views = count(lambda: VIEWS[recipe.tta_level](net, x[:1])) / forward_per_image
+    if recipe.tta_level and recipe.tta_fraction < 1:
+        views = 1 + views * recipe.tta_fraction     # a plain pass, then views for the unsure
     train = step * recipe.total_steps()
     tta = forward_per_image * views * recipe.test_images
     plain = forward_per_image * recipe.test_images * -(-recipe.total_steps()
@@ -39,7 +46,8 @@ def main():
     print(f"recipe {recipe.name}: forward {forward_per_image / 1e9:.3f} GFLOP per image")
     print(f"  training  {recipe.total_steps()} steps x {step / 1e12:.3f} TFLOP = "
           f"{train / 1e15:.3f} PFLOP")
-    print(f"  TTA       {views:.0f} views x {recipe.test_images} images = {tta / 1e15:.4f} PFLOP")
+    print(f"  TTA       {views:.3g} views x {recipe.test_images} images = "
+          f"{tta / 1e15:.4f} PFLOP")
     print(f"  timed total {(train + tta) / 1e15:.3f} PFLOP "
           f"(+ {plain / 1e15:.4f} PFLOP untimed per-epoch evaluation)")
 

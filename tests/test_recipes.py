@@ -100,6 +100,8 @@ def test_recipe_96_is_the_june_2024_airbench96():
     ("cutout=33", "cutout must be between 0 and 32"),
     ("convs_per_group=4", "convs_per_group must be 2 or 3"),
     ("compile_mode=fast", "compile_mode must be one of default, reduce-overhead"),
+    ("tta_fraction=0", "tta_fraction must be in"),
+    ("tta_fraction=1.5", "tta_fraction must be in"),
 ])
 def test_bad_new_fields_are_usage_errors(item, message):
     with pytest.raises(UsageError, match=message):

@@ -74,3 +74,15 @@ def test_smoke_recipe_learns_real_cifar10(cifar):
     print(f"smoke recipe on real CIFAR-10: TTA {result.tta_acc:.4f}, "
           f"{result.train_time_s:.1f} s")
     assert result.tta_acc >= SMOKE_MIN_ACCURACY
+
+
+def test_the_recipe_tta_fraction_reaches_the_final_evaluation():
+    # With views for one image in 256, the TTA accuracy is the plain one give or take that
+    # image; the full TTA of the same network differs by more.
+    cifar = synthetic_cifar()
+    full = run_recipe(tiny_recipe(), runs=1, device="cpu", seed=0, cifar=cifar).results[0]
+    one = run_recipe(tiny_recipe("tta_fraction=0.001"), runs=1, device="cpu", seed=0,
+                     cifar=cifar).results[0]
+    assert one.val_acc == full.val_acc                       # the same trained network
+    assert abs(one.tta_acc - one.val_acc) <= 1 / 256
+    assert abs(full.tta_acc - full.val_acc) > 1 / 256
