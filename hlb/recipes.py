@@ -67,7 +67,8 @@ class Recipe:
     eval_batch_size: int = 2000      # images per evaluation forward pass
 
     # Execution (GPU only; the CPU always runs fp32 without compile)
-    half: bool = True                # fp16 weights and activations, BatchNorm kept in fp32
+    precision: str = "fp16"          # weights and activations: "fp16", "bf16" or "fp32";
+                                     # BatchNorm is kept in fp32
     channels_last: bool = True
     compile: bool = False            # torch.compile the network and Muon's Newton-Schulz step
                                      # (compile time is reported apart, as the warm-up)
@@ -194,6 +195,8 @@ def _validate(recipe):
         problems.append("optimizer must be sgd or muon")
     if recipe.muon_ns_steps < 1:
         problems.append("muon_ns_steps must be at least 1")
+    if recipe.precision not in ("fp16", "bf16", "fp32"):
+        problems.append("precision must be fp16, bf16 or fp32")
     if recipe.compile_mode not in COMPILE_MODES:
         problems.append("compile_mode must be one of " + ", ".join(COMPILE_MODES))
     if recipe.flip not in ("alternate", "random", "none"):

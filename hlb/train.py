@@ -107,8 +107,9 @@ def build_net(recipe, device):
     """The network, placed and cast for `device`. Build once per invocation; `reset` per run."""
     net = make_net(recipe).to(device)
     if torch.device(device).type == "cuda":
-        if recipe.half:
-            net.half()
+        dtype = compute_dtype(recipe, device)
+        if dtype != torch.float:
+            net.to(dtype)
             for m in net.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.float()          # BatchNorm statistics need fp32
@@ -125,8 +126,12 @@ def reset(net):
     net.whiten.bias.requires_grad_(True)
 
 
-def _input_dtype(recipe, device):
-    return torch.half if torch.device(device).type == "cuda" and recipe.half else torch.float
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def compute_dtype(recipe, device):
+    """The dtype of weights and activations: the recipe's on a GPU, fp32 on a CPU."""
+    return PRECISIONS[recipe.precision] if torch.device(device).type == "cuda" else torch.float
 
 
 def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=None,
@@ -148,7 +153,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
     result = RunResult(run=run, seed=seed)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    dtype = _input_dtype(recipe, device)
+    dtype = compute_dtype(recipe, device)
     memory_format = torch.channels_last if cuda and recipe.channels_last else \
         torch.contiguous_format
 

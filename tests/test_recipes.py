@@ -26,10 +26,10 @@ def test_total_steps_rounds_up_but_not_whole_epochs():
 
 
 def test_override_parses_each_type():
-    r = override(RECIPES["94"], ["epochs=8", "batch_size=512", "half=false",
+    r = override(RECIPES["94"], ["epochs=8", "batch_size=512", "channels_last=false",
                                  "widths=32,64,64", "flip=random"])
     assert r.epochs == 8.0 and isinstance(r.epochs, float)
-    assert r.batch_size == 512 and r.half is False and r.widths == (32, 64, 64)
+    assert r.batch_size == 512 and r.channels_last is False and r.widths == (32, 64, 64)
     assert r.flip == "random"
     assert RECIPES["94"].epochs == 9.9          # the named recipe is untouched
 
@@ -39,7 +39,7 @@ def test_override_parses_each_type():
     ("epochs", "expected key=value"),
     ("batch_size=1.5", "expected an integer"),
     ("lr=fast", "expected a number"),
-    ("half=maybe", "expected true or false"),
+    ("channels_last=maybe", "expected true or false"),
     ("widths=1,2", "3 comma-separated integers"),
     ("epochs=-1", "epochs must be positive"),
     ("flip=sideways", "flip must be alternate, random or none"),
@@ -101,6 +101,7 @@ def test_recipe_96_is_the_june_2024_airbench96():
     ("convs_per_group=4", "convs_per_group must be 2 or 3"),
     ("compile_mode=fast", "compile_mode must be one of default, reduce-overhead"),
     ("tta_fraction=0", "tta_fraction must be in"),
+    ("precision=fp8", "precision must be fp16, bf16 or fp32"),
     ("tta_fraction=1.5", "tta_fraction must be in"),
 ])
 def test_bad_new_fields_are_usage_errors(item, message):

@@ -6,7 +6,7 @@ import torch
 from conftest import synthetic_cifar
 from hlb.recipes import RECIPES, override
 from hlb.runs import run_recipe
-from hlb.train import build_net, to_device, train_run
+from hlb.train import build_net, compute_dtype, to_device, train_run
 
 TINY = ["train_images=512", "test_images=256", "batch_size=64", "epochs=3.0",
         "widths=16,32,32", "whiten_init_images=256", "eval_batch_size=256"]
@@ -86,3 +86,12 @@ def test_the_recipe_tta_fraction_reaches_the_final_evaluation():
     assert one.val_acc == full.val_acc                       # the same trained network
     assert abs(one.tta_acc - one.val_acc) <= 1 / 256
     assert abs(full.tta_acc - full.val_acc) > 1 / 256
+
+
+def test_precision_applies_on_a_gpu_only():
+    for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16),
+                        ("fp32", torch.float32)):
+        recipe = override(RECIPES["94"], [f"precision={name}"])
+        assert compute_dtype(recipe, "cuda") == dtype
+        assert compute_dtype(recipe, "cuda:1") == dtype
+        assert compute_dtype(recipe, "cpu") == torch.float32
