@@ -68,8 +68,10 @@ class TrainBatches:
     flipping at random each epoch. `cutout` > 0 zeroes a square of that side in each image.
     """
 
-    def __init__(self, images, labels, batch_size, flip, translate, generator=None, cutout=0):
+    def __init__(self, images, labels, batch_size, flip, translate, generator=None, cutout=0,
+                 memory_format=torch.contiguous_format):
         self.labels = labels
+        self.memory_format = memory_format       # of the batches: channels-last on a GPU
         self.batch_size = batch_size
         self.flip = flip
         self.cutout_size = cutout
@@ -87,14 +89,17 @@ class TrainBatches:
         return len(self.labels) // self.batch_size
 
     def augmented(self, epoch):
-        """The whole training set as seen in `epoch`."""
-        flip = {"alternate": lambda: self.base_flip ^ bool(epoch % 2),
-                "random": lambda: self._coin(len(self.labels)),
-                "none": lambda: None}[self.flip]()
+        """The whole training set as seen in `epoch`, in the batches' memory format."""
+        flip = None
+        if self.flip == "alternate":
+            flip = self.base_flip ^ bool(epoch % 2)
+        elif self.flip == "random":
+            flip = self._coin(len(self.labels))
         images = random_crop(self.padded, self.size, flip, self.generator)
         if self.cutout_size:
             images = cutout(images, self.cutout_size, self.generator)
-        return images
+        # Once per epoch here, so a batch (a gather along the first axis) keeps the format.
+        return images.contiguous(memory_format=self.memory_format)
 
     def epoch(self, epoch):
         images = self.augmented(epoch)

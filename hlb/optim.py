@@ -117,9 +117,12 @@ def make_optimizers(net, recipe):
             else:
                 others.append(p)
     whiten_lr = lr * recipe.whiten_bias_lr_scale
+    whiten_steps = (recipe.whiten_bias_steps() if recipe.whiten_bias_own_schedule
+                    else recipe.total_steps())
     # torch SGD multiplies weight_decay by lr, so dividing by lr keeps decay independent of it.
     groups = [dict(params=bn_biases, lr=bias_lr, weight_decay=decay / bias_lr),
-              dict(params=[net.whiten.bias], lr=whiten_lr, weight_decay=decay / whiten_lr),
+              dict(params=[net.whiten.bias], lr=whiten_lr, weight_decay=decay / whiten_lr,
+                   schedule_steps=whiten_steps),
               dict(params=others, lr=lr, weight_decay=decay / lr)]
     # fused: one kernel per step for all of a group's tensors.
     optimizers = [torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True,
@@ -133,9 +136,7 @@ def make_optimizers(net, recipe):
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["peak_lr"] = group["lr"]
-            group["schedule_steps"] = recipe.total_steps()
-    if recipe.whiten_bias_own_schedule:
-        optimizers[0].param_groups[1]["schedule_steps"] = recipe.whiten_bias_steps()
+            group.setdefault("schedule_steps", recipe.total_steps())
     return optimizers
 
 

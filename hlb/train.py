@@ -168,7 +168,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
     test_images = normalize(data.test_images, dtype).contiguous(memory_format=memory_format)
     init_whitening(net, train_images[:recipe.whiten_init_images], recipe.whiten_eps)
     batches = TrainBatches(train_images, data.train_labels, recipe.batch_size, recipe.flip,
-                           recipe.translate, cutout=recipe.cutout)
+                           recipe.translate, cutout=recipe.cutout, memory_format=memory_format)
     del train_images        # `batches` keeps its padded copy: one full-set copy fewer in memory
     # The slow copy starts from the whitened network, not the random one.
     lookahead = Lookahead(net, recipe.lookahead_every, recipe.lookahead_decay, total_steps)
@@ -183,7 +183,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
         for images, labels in batches.epoch(epoch):
             if step == freeze_step:
                 net.whiten.bias.requires_grad_(False)
-            out = forward(images.contiguous(memory_format=memory_format))
+            out = forward(images)
             loss = F.cross_entropy(out, labels, label_smoothing=recipe.label_smoothing,
                                    reduction="sum")
             loss.backward()

@@ -96,3 +96,13 @@ def test_train_batches_apply_cutout_only_when_asked():
                                cutout=size)
         for x, _ in batches.epoch(0):
             assert ((x == 0).sum(dim=(2, 3)) == zeros).all()
+
+
+def test_batches_come_in_the_asked_memory_format():
+    images = torch.rand(64, 3, 8, 8)
+    labels = torch.arange(64)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        batches = TrainBatches(images, labels, batch_size=16, flip="random", translate=2,
+                               memory_format=fmt)
+        for x, _ in batches.epoch(0):
+            assert x.is_contiguous(memory_format=fmt)
