@@ -7,13 +7,12 @@ imports the training code. Needs matplotlib (requirements-plot.txt), imported on
 """
 
 import math
-import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 from hlb.errors import HlbError, UsageError
+from hlb.files import write_atomic
 from hlb.records import read_record, set_overrides
 
 INSTALL_HINT = "plotting needs matplotlib: python -m pip install -r requirements-plot.txt"
@@ -238,19 +237,10 @@ def plot_records(paths, out_png, labels=None):
 
 
 def _save_atomic(fig, out):
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        write_atomic(out, lambda f: fig.savefig(f, format="png", dpi=DPI))
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise HlbError(f"could not write the plot {out} ({e.strerror or e})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv=None):

@@ -3,17 +3,17 @@
 import dataclasses
 import json
 import math
-import os
 import platform
 import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from hlb.files import write_atomic
 
 COLUMNS = [("run", 5), ("epoch", 5), ("train_loss", 10), ("train_acc", 9), ("val_loss", 8),
            ("val_acc", 7), ("tta_acc", 7), ("time_s", 8)]
@@ -197,16 +197,6 @@ def record_dict(record, argv=None):
 
 
 def write_json_atomic(path, obj):
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write obj as JSON to path whole or not at all (hlb.files.write_atomic)."""
+    text = json.dumps(obj, indent=1) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode()))
