@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+import hlb.cifar_decode as decode
 import hlb.dataset as ds
 from fakecifar import (
     FOLDER,
@@ -33,11 +34,13 @@ from fakecifar import (
     py2_pickle,
     write_fake_batches,
 )
+from hlb.cifar_cache import CACHE_NAME, LOCK_NAME
 from hlb.errors import DataError
+from hlb.files import TMP_PREFIX
 
 REAL_SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 N = 20  # images per fake batch
-LOCK_ONLY = {ds.LOCK_NAME}
+LOCK_ONLY = {LOCK_NAME}
 
 
 def leftovers(d: Path) -> set[str]:
@@ -160,7 +163,7 @@ def test_fake_files_load_with_right_shapes_dtypes_and_values(tmp_path):
     assert data.classes == tuple(LABEL_NAMES)
     assert len(data.fingerprint) == 16 and int(data.fingerprint, 16) >= 0
     assert_matches_fake(data)
-    assert (tmp_path / ds.CACHE_NAME).is_file()
+    assert (tmp_path / CACHE_NAME).is_file()
 
 
 def test_pixel_order_is_r_then_g_then_b_planes_row_major(tmp_path):
@@ -194,7 +197,7 @@ def test_flipped_byte_is_reported_with_the_file_name(tmp_path):
     with pytest.raises(DataError, match=r"data_batch_3 fails its MD5 check") as e:
         ds.load_cifar10(tmp_path, file_md5s=md5s, download=False, progress=False)
     assert "\n" not in str(e.value)
-    assert not (tmp_path / ds.CACHE_NAME).exists()
+    assert not (tmp_path / CACHE_NAME).exists()
 
 
 def test_missing_batch_file_is_named(tmp_path):
@@ -326,14 +329,14 @@ def test_download_then_cache(tmp_path, server, fake_tar, monkeypatch):
     data = ds.load_cifar10(d, url=url, tar_md5=tar_md5, file_md5s=md5s, progress=False)
     assert_matches_fake(data)
     assert server.hits("/cifar.tar.gz") == 1
-    assert leftovers(d) == {FOLDER, ds.CACHE_NAME, ds.LOCK_NAME}
+    assert leftovers(d) == {FOLDER, CACHE_NAME, LOCK_NAME}
     assert {"data_batch_1", "test_batch", "batches.meta"} <= set(os.listdir(d / FOLDER))
 
     # The second call must come from the cache: no download, no hashing of the batches.
     def no_hashing(*args):
         raise AssertionError("source files re-read on the fast path")
 
-    monkeypatch.setattr(ds, "_read_verified", no_hashing)
+    monkeypatch.setattr(decode, "read_verified", no_hashing)
     again = ds.load_cifar10(d, url=url, tar_md5=tar_md5, file_md5s=md5s, progress=False)
     assert_same(data, again)
     assert server.hits("/cifar.tar.gz") == 1
@@ -513,7 +516,7 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path, capsys, damage):
     md5s = write_fake_batches(tmp_path, n_per_batch=N)
     first = _load(tmp_path, md5s)
     capsys.readouterr()
-    cache = tmp_path / ds.CACHE_NAME
+    cache = tmp_path / CACHE_NAME
     stat = cache.stat()
     damage(cache)
     again = _load(tmp_path, md5s)
@@ -529,8 +532,8 @@ def test_touched_source_file_triggers_reverification(tmp_path, monkeypatch, caps
     md5s = write_fake_batches(tmp_path, n_per_batch=N)
     first = _load(tmp_path, md5s)
     calls = []
-    real = ds._read_verified
-    monkeypatch.setattr(ds, "_read_verified", lambda p, m: calls.append(p) or real(p, m))
+    real = decode.read_verified
+    monkeypatch.setattr(decode, "read_verified", lambda p, m: calls.append(p) or real(p, m))
     _load(tmp_path, md5s)
     assert calls == []  # unchanged sizes+mtimes: no re-hash
     path = tmp_path / FOLDER / "data_batch_1"
@@ -559,7 +562,7 @@ def test_cache_alone_suffices_once_the_folder_is_deleted(tmp_path, monkeypatch):
     (tmp_path / FOLDER).rmdir()
     assert_same(first, _load(tmp_path, md5s))
     # ... but a corrupt cache with no source folder is an error, not a silent pass.
-    _garbage(tmp_path / ds.CACHE_NAME)
+    _garbage(tmp_path / CACHE_NAME)
     with pytest.raises(DataError, match="download disabled"):
         _load(tmp_path, md5s)
 
@@ -577,15 +580,15 @@ def test_cache_write_failure_still_returns_the_data(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert "could not write cache" in err and "No space left" in err
     assert len(err.strip().splitlines()) == 1
-    assert leftovers(tmp_path) == {FOLDER, ds.LOCK_NAME}
+    assert leftovers(tmp_path) == {FOLDER, LOCK_NAME}
 
 
 def test_temp_files_of_a_killed_run_are_swept(tmp_path):
     md5s = write_fake_batches(tmp_path, n_per_batch=N)
-    (tmp_path / (ds.TMP_PREFIX + "x.tar.gz")).write_bytes(b"half a download")
-    (tmp_path / (ds.TMP_PREFIX + "dir") / FOLDER).mkdir(parents=True)
+    (tmp_path / (TMP_PREFIX + "x.tar.gz")).write_bytes(b"half a download")
+    (tmp_path / (TMP_PREFIX + "dir") / FOLDER).mkdir(parents=True)
     _load(tmp_path, md5s)
-    assert leftovers(tmp_path) == {FOLDER, ds.CACHE_NAME, ds.LOCK_NAME}
+    assert leftovers(tmp_path) == {FOLDER, CACHE_NAME, LOCK_NAME}
 
 
 def test_two_processes_on_one_fresh_dir(tmp_path, server, fake_tar):
@@ -616,7 +619,7 @@ def test_two_processes_on_one_fresh_dir(tmp_path, server, fake_tar):
     for t in tensors(expect):
         h.update(t.numpy().tobytes())
     assert results[0][1] == h.hexdigest()
-    assert leftovers(d) == {FOLDER, ds.CACHE_NAME, ds.LOCK_NAME}
+    assert leftovers(d) == {FOLDER, CACHE_NAME, LOCK_NAME}
 
 
 # ----------------------------------------------------------------------------- real data
