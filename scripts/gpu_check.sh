@@ -21,9 +21,10 @@
 # path (default /tmp/hlb_compile_cache) so that cached code finds the same paths next time; it
 # is outside $OUT so that a check killed midway does not leave thousands of files there. At
 # the start, compile-cache.tgz.* parts in CACHE_IN (default .cache/inductor/ in the checkout,
-# ignored by git) are unpacked into it; at the end it is packed into $OUT in parts of 15 MiB,
-# unless the packed cache passes CACHE_MAX_MB (default 56). Copy the parts that come back into
-# .cache/inductor/ and carry that folder into the next check (BENCHMARKS.md says how).
+# ignored by git) are unpacked into it; at the end it is packed into $OUT in parts of 15 MiB
+# if it fits CACHE_MAX_MB (default 56) packed, else its inductor part alone if that fits.
+# Copy the parts that come back into .cache/inductor/ and carry that folder into the next
+# check (BENCHMARKS.md says how).
 #
 # Environment:
 #   VARIANTS  one per line or ';'-separated: "LABEL RECIPE RUNS [main.py flags]", e.g.
@@ -209,16 +210,22 @@ stage end "packing the compile cache and the logs"
 [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
 sampler=""
 
+# Pack the cache; if it is too large to come back, the inductor part alone: its compiled
+# graphs and autotuning choices, whose Triton kernels then compile again from their source.
 cached=$(cache_files)
 packed=$(mktemp)
-tar -czf "$packed" -C "$CACHE_DIR" .
-size_mb=$(( ($(wc -c < "$packed") + 2**20 - 1) / 2**20 ))
-if [ "$size_mb" -le "$CACHE_MAX_MB" ]; then
-  split -b 15M -d -a 1 "$packed" "$OUT/compile-cache.tgz."
-  kept="packed into $size_mb MiB: $OUT/compile-cache.tgz.*"
-else
-  kept="$size_mb MiB packed, over CACHE_MAX_MB=$CACHE_MAX_MB: not kept"
-fi
+kept=""
+for part in . inductor; do
+  [ -e "$CACHE_DIR/$part" ] || continue
+  tar -czf "$packed" -C "$CACHE_DIR" "$part"
+  size_mb=$(( ($(wc -c < "$packed") + 2**20 - 1) / 2**20 ))
+  if [ "$size_mb" -le "$CACHE_MAX_MB" ]; then
+    split -b 15M -d -a 1 "$packed" "$OUT/compile-cache.tgz."
+    kept+="packed ${part/#./all of it} into $size_mb MiB: $OUT/compile-cache.tgz.*"
+    break
+  fi
+  kept+="${part/#./all of it} is $size_mb MiB packed, over CACHE_MAX_MB=$CACHE_MAX_MB; "
+done
 rm -f "$packed"
 
 summary_args=("${records[@]}" "${ref_args[@]}")
