@@ -73,7 +73,8 @@ def _forward(net, chunks, size):
         short = size - len(chunk)
         if short:
             chunk = torch.cat([chunk, chunk.new_zeros((short, *chunk.shape[1:]))])
-        out.append(net(chunk)[:size - short].float())
+        # A copy: a compiled net's CUDA graphs reuse their output memory on the next call.
+        out.append(net(chunk)[:size - short].to(torch.float, copy=True))
     return torch.cat(out)
 
 
@@ -98,9 +99,10 @@ def logits(net, images, views, batch_size, tta_fraction=1.0):
             chosen = out.softmax(1).amax(1).topk(count, largest=False).indices
         x = images[chosen]
         others = _forward(net, _stacked(x, [view for _, view in views[1:]], size), size)
-        weights = torch.tensor([w for w, _ in views[1:]], device=out.device)
-        others = others.view(len(views) - 1, len(x), -1)
-        out[chosen] = views[0][0] * out[chosen] + (weights[:, None, None] * others).sum(0)
+        mixed = views[0][0] * out[chosen]
+        for (weight, _), view_logits in zip(views[1:], others.view(len(views) - 1, len(x), -1)):
+            mixed += weight * view_logits
+        out[chosen] = mixed
     net.train(was_training)
     return out
 
