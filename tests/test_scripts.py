@@ -107,9 +107,9 @@ def test_gpu_check_runs_variants_in_order_within_the_budget(cifar_dir, tmp_path)
     (bin_dir / "nvidia-smi").chmod(0o755)
     out = tmp_path / "out"
     env = {**os.environ, "DEVICE": "cpu", "OUT": str(out), "HLB_DATA_DIR": str(cifar_dir),
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "BUDGET_S": "60", "RESERVE_S": "10", "OMP_NUM_THREADS": "1",
-           "CACHE_IN": str(cache_in), "CACHE_DIR": str(tmp_path / "cache"),
-           "REF_WORK": str(tmp_path / "ref"),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "BUDGET_S": "60",
+           "RESERVE_S": "10", "OMP_NUM_THREADS": "1", "CACHE_IN": str(cache_in),
+           "CACHE_DIR": str(tmp_path / "cache"), "REF_WORK": str(tmp_path / "ref"),
            "VARIANTS": f"one smoke 1 {TINY_FLAGS}; many smoke 1000 {TINY_FLAGS} --set lr=4"}
     result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "0", str(reference),
                              "3"], capture_output=True, text=True, env=env, timeout=200)
