@@ -1,9 +1,9 @@
 """The network: a frozen patch-whitening layer, three conv groups, a max-pooled linear head.
 
-A conv group is conv, pool, BN, GELU, conv, BN, GELU; recipe 96 uses a residual variant.
-
-Behaviour lives in small subclasses (a BatchNorm with a frozen scale, a conv with identity init)
-so that `make_net` reads as the architecture and nothing else.
+`Net` is the architecture and `ConvGroup` its repeated block: conv, 2x2 max-pool, BN, GELU,
+conv, BN, GELU (recipe 96 uses `ResidualConvGroup`). `make_net` only picks the group for a
+recipe. Behaviour lives in small subclasses (a BatchNorm with a frozen scale, a conv with
+identity init, a conv that skips what the pool drops) rather than in flags.
 """
 
 import torch
@@ -22,14 +22,17 @@ class BatchNorm(nn.BatchNorm2d):
 
 
 class DiracConv(nn.Conv2d):
-    """3x3 conv, 'same' padding, no bias, initialised as a partial identity.
+    """3x3 conv, 'same' padding by default, no bias, initialised as a partial identity.
 
-    The first in_channels filters pass their input channel straight through, so a fresh network
-    starts close to a shallow one and trains faster.
+    Why: a random deep network scrambles its input, and early training is spent undoing that.
+    Here the first in_channels filters copy their input channel (a 1 at the kernel's centre,
+    0 elsewhere), so a fresh network passes its features straight through, behaves like a
+    shallow one, and gradients reach the first layers whole; the other filters start random
+    and learn new features.
     """
 
-    def __init__(self, channels_in, channels_out):
-        super().__init__(channels_in, channels_out, kernel_size=3, padding="same", bias=False)
+    def __init__(self, channels_in, channels_out, padding="same"):
+        super().__init__(channels_in, channels_out, kernel_size=3, padding=padding, bias=False)
 
     def reset_parameters(self):
         super().reset_parameters()
@@ -37,10 +40,27 @@ class DiracConv(nn.Conv2d):
         nn.init.dirac_(w[: w.size(1)])
 
 
+class ConvBeforePool(DiracConv):
+    """A DiracConv that computes only the outputs a following 2x2 max-pool keeps.
+
+    On an odd-sized map (31, 15, 7) the pool drops the last row and column, so a 'same' conv
+    would compute them for nothing (about 11% of the network's FLOPs). Padding the top and left
+    by one (the bottom and right too only when the size is even) and convolving without padding
+    gives exactly the kept outputs, 31 -> 30, with the same values: the result is unchanged.
+    """
+
+    def __init__(self, channels_in, channels_out):
+        super().__init__(channels_in, channels_out, padding=0)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        return super().forward(F.pad(x, (1, 1 - w % 2, 1, 1 - h % 2)))
+
+
 class ConvGroup(nn.Sequential):
     def __init__(self, channels_in, channels_out, bn_momentum, bn_eps):
         super().__init__(
-            DiracConv(channels_in, channels_out),
+            ConvBeforePool(channels_in, channels_out),
             nn.MaxPool2d(2),
             BatchNorm(channels_out, bn_momentum, bn_eps),
             nn.GELU(),
@@ -60,7 +80,7 @@ class ResidualConvGroup(nn.Module):
     def __init__(self, channels_in, channels_out, bn_momentum, bn_eps):
         super().__init__()
         self.entry = nn.Sequential(
-            DiracConv(channels_in, channels_out),
+            ConvBeforePool(channels_in, channels_out),
             nn.MaxPool2d(2),
             BatchNorm(channels_out, bn_momentum, bn_eps),
             nn.GELU(),
@@ -83,11 +103,15 @@ class Net(nn.Module):
     def __init__(self, widths, whiten_kernel, bn_momentum, bn_eps, logit_scale,
                  group=ConvGroup):
         super().__init__()
-        # Each whitening filter comes with its negative, so GELU keeps both signs of a feature.
+        # Whitening: pixels next to each other are strongly correlated, so a plain first layer
+        # sees a few dominant directions and gradient steps crawl along the rest. This layer's
+        # filters are fixed from the data (`init_whitening`) to map each small patch to
+        # uncorrelated, unit-variance coordinates, so training starts on a well-conditioned
+        # input. Each filter comes with its negative, so GELU keeps both signs of a feature.
+        # Its bias starts random (PyTorch's default) and trains for a few epochs only.
         whiten_width = 2 * 3 * whiten_kernel**2
         self.whiten = nn.Conv2d(3, whiten_width, whiten_kernel, padding=0, bias=True)
         self.whiten.weight.requires_grad = False
-        nn.init.zeros_(self.whiten.bias)
         w1, w2, w3 = widths
         self.body = nn.Sequential(
             nn.GELU(),
@@ -105,6 +129,7 @@ class Net(nn.Module):
 
 
 def make_net(recipe):
+    """The recipe's Net: plain groups, or residual ones when a group has three convs."""
     group = ResidualConvGroup if recipe.convs_per_group == 3 else ConvGroup
     return Net(recipe.widths, recipe.whiten_kernel, recipe.bn_momentum, recipe.bn_eps,
                recipe.logit_scale, group)

@@ -64,6 +64,9 @@ class Recipe:
     tta_level: int = 2               # 0 plain, 1 + mirror, 2 + mirror and 1-pixel translates
     tta_fraction: float = 1.0        # share of test images given those views: the least
                                      # confident under the plain view (the rest stay plain)
+    tta_mirror_weight: float = 0.5   # share of each view's weight that goes to its mirror image
+    tta_shifted_weight: float = 0.5  # level 2: the two 1-pixel diagonal shifts' weight (half
+                                     # each); the unshifted image and its mirror keep the rest
     eval_batch_size: int = 2000      # images per evaluation forward pass
 
     # Execution (GPU only; the CPU always runs fp32 without compile)

@@ -206,8 +206,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
                 break
         check = None
         if target_acc is not None:
-            check, _ = evaluate(forward, test_images, data.test_labels, recipe.tta_level,
-                                recipe.eval_batch_size, tta_fraction=recipe.tta_fraction)
+            check, _ = evaluate(forward, test_images, data.test_labels, recipe)
             check = check.item()       # the sync is part of the check's cost
         watch.stop()
 
@@ -218,8 +217,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
             return result
 
         tick = time.perf_counter()
-        val_acc, val_loss = evaluate(forward, test_images, data.test_labels, 0,
-                                     recipe.eval_batch_size)
+        val_acc, val_loss = evaluate(forward, test_images, data.test_labels, recipe, tta=False)
         row = EpochRow(run, epoch + 1, train_loss, correct.item() / seen, val_loss.item(),
                        val_acc.item(), watch.seconds, check)
         result.eval_time_s += time.perf_counter() - tick
@@ -232,8 +230,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
 
     if target_acc is None:
         watch.start()
-        tta_acc, _ = evaluate(forward, test_images, data.test_labels, recipe.tta_level,
-                              recipe.eval_batch_size, tta_fraction=recipe.tta_fraction)
+        tta_acc, _ = evaluate(forward, test_images, data.test_labels, recipe)
         watch.stop()
         result.tta_acc = tta_acc.item()
     else:

@@ -1,10 +1,12 @@
-"""FLOPs of one run of a recipe, counted by torch's FlopCounterMode on the CPU.
+"""FLOPs of one run of a recipe, counted by torch's FlopCounterMode on shapes alone.
 
     python scripts/flops.py [RECIPE] [key=value ...]
 
 Counts the matrix work (convolutions and the head) of every training step (forward and
-backward), the per-epoch plain evaluations, and the final TTA evaluation. Divide by a GPU's
-measured matmul rate for the floor on the run's time.
+backward), the per-epoch plain evaluations, and the final TTA evaluation exactly as
+`hlb.evaluate.logits` runs it (padded last chunks included). The network runs on the meta
+device, so nothing is computed and it takes seconds. Divide by a GPU's measured matmul rate
+for the floor on the run's time.
 """
 
 import sys
@@ -15,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hlb.errors import UsageError  # noqa: E402
-from hlb.evaluate import VIEWS  # noqa: E402
+from hlb.evaluate import logits, recipe_views  # noqa: E402
 from hlb.model import make_net  # noqa: E402
 from hlb.recipes import get_recipe, override  # noqa: E402
 
@@ -32,21 +34,25 @@ def main():
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    net = make_net(recipe)
-    x = torch.randn(recipe.batch_size, 3, 32, 32)
+    net = make_net(recipe).to("meta")
+    x = torch.empty(recipe.batch_size, 3, 32, 32, device="meta")
+    test = torch.empty(recipe.test_images, 3, 32, 32, device="meta")
     step = count(lambda: net(x).sum().backward())
     forward_per_image = count(lambda: net(x[:1]))
-    views = count(lambda: VIEWS[recipe.tta_level](net, x[:1])) / forward_per_image
-    if recipe.tta_level and recipe.tta_fraction < 1:
-        views = 1 + views * recipe.tta_fraction     # a plain pass, then views for the unsure
+
+    def evaluation(tta):
+        return count(lambda: logits(net, test, recipe_views(recipe, tta),
+                                    recipe.eval_batch_size, recipe.tta_fraction))
+
     train = step * recipe.total_steps()
-    tta = forward_per_image * views * recipe.test_images
-    plain = forward_per_image * recipe.test_images * -(-recipe.total_steps()
-                                                       // recipe.steps_per_epoch())
+    tta = evaluation(True)
+    epochs = -(-recipe.total_steps() // recipe.steps_per_epoch())
+    plain = evaluation(False) * epochs
+    views = tta / forward_per_image / recipe.test_images
     print(f"recipe {recipe.name}: forward {forward_per_image / 1e9:.3f} GFLOP per image")
     print(f"  training  {recipe.total_steps()} steps x {step / 1e12:.3f} TFLOP = "
           f"{train / 1e15:.3f} PFLOP")
-    print(f"  TTA       {views:.3g} views x {recipe.test_images} images = "
+    print(f"  TTA       {views:.3g} forwards per image x {recipe.test_images} images = "
           f"{tta / 1e15:.4f} PFLOP")
     print(f"  timed total {(train + tta) / 1e15:.3f} PFLOP "
           f"(+ {plain / 1e15:.4f} PFLOP untimed per-epoch evaluation)")

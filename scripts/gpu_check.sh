@@ -1,26 +1,42 @@
 #!/usr/bin/env bash
 # One GPU check in one call: environment, data, the card's measured matmul rate, a reference
 # script's runs, then our variants, each after its untimed warm-up, and last a table comparing
-# them. Full logs and records go to $OUT.
+# them. $OUT gets summary.txt, logs.tgz (every log and record) and the compile cache in parts
+# (compile-cache.tgz.N), so that no more than 8 files come back from a device call.
 #
 #   scripts/gpu_check.sh [RUNS] [REFERENCE_SCRIPT] [REFERENCE_RUNS]
 #
 # What runs, in this order:
-#   1. the reference (if given), REFERENCE_RUNS runs, in a scratch folder on the same data;
+#   1. the reference (if given), REFERENCE_RUNS runs, in a scratch folder on the same data, then
+#      one more run of it in the same process under torch.profiler (REF_PROFILE=0: none);
 #   2. CAP_GB (if set): 3 runs of the first variant with the GPU capped at that many GiB;
 #   3. PROFILE (if set, a variant's label): one profiled run of it (scripts/profile_run.py);
 #   4. the variants, in the order given.
 # Every stage stops at the budget (BUDGET_S seconds for the whole check, default 570): a
 # variant cut short keeps its finished runs, so list the most important first.
+# Throughout, nvidia-smi samples the SM clock, utilization, power, temperature and the clock
+# slowdown (throttle) reasons every 0.5 s; the summary gives them stage by stage.
+#
+# Compile cache: TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR live under CACHE_DIR, a fixed
+# path (default /tmp/hlb_compile_cache) so that cached code finds the same paths next time; it
+# is outside $OUT so that a check killed midway does not leave thousands of files there. At
+# the start, compile-cache.tgz.* parts in CACHE_IN (default .cache/inductor/ in the checkout,
+# ignored by git) are unpacked into it; at the end it is packed into $OUT in parts of 15 MiB
+# if it fits CACHE_MAX_MB (default 56) packed, else its inductor part alone if that fits.
+# Copy the parts that come back into .cache/inductor/ and carry that folder into the next
+# check (BENCHMARKS.md says how).
 #
 # Environment:
 #   VARIANTS  one per line or ';'-separated: "LABEL RECIPE RUNS [main.py flags]", e.g.
 #             "muon 94muon 40; muon-ro 94muon 20 --set compile=true --set compile_mode=reduce-overhead"
 #             Default: one variant per name in RECIPE (default 94), RUNS runs each, with EXTRA.
 #   HLB_DATA_DIR (default ./data), OUT (default ./gpu_check_out), DEVICE (default cuda).
+#   REF_STEPS (default 200): training steps per reference run, for its kernels per step.
+#   REF_WORK (default /tmp/hlb_reference): the reference's scratch folder, a fixed path too.
+#   RESERVE_S (default 30): seconds of the budget kept back for the summary and the packing.
 # Exit status: 0 when every variant finished all its runs; else the last failing variant's
 # (124: cut by the budget). On a CPU, `DEVICE=cpu VARIANTS="s smoke 1" scripts/gpu_check.sh`
-# exercises all but the matmul rate and the cap.
+# exercises all but the matmul rate, the cap and the clocks.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 RUNS=${1:-50}
@@ -30,9 +46,15 @@ DEVICE=${DEVICE:-cuda}
 DATA=${HLB_DATA_DIR:-data}
 OUT=${OUT:-gpu_check_out}
 BUDGET_S=${BUDGET_S:-570}
-RESERVE_S=15                       # kept back for the summary
-mkdir -p "$OUT"
+RESERVE_S=${RESERVE_S:-30}        # seconds kept back for the summary and the packing
 here=$(cd "$(dirname "$0")/.." && pwd)
+CACHE_DIR=${CACHE_DIR:-/tmp/hlb_compile_cache}
+CACHE_IN=${CACHE_IN:-$here/.cache/inductor}
+CACHE_MAX_MB=${CACHE_MAX_MB:-56}
+REF_WORK=${REF_WORK:-/tmp/hlb_reference}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)   # absolute: the reference runs elsewhere
+LOGS=$OUT/logs                     # packed into $OUT/logs.tgz at the end
+mkdir -p "$LOGS"
 
 if [ -z "${VARIANTS:-}" ]; then
   VARIANTS=""
@@ -58,14 +80,47 @@ budgeted() {
   if [ "$s" -lt 5 ]; then echo "(skipped: the budget is spent)"; return 124; fi
   timeout -k 20 "$s" "$@"
 }
+# Mark when a stage begins (the clock samples are summarised by stage), and print its heading.
+stage() {
+  date "+%Y/%m/%d %H:%M:%S.%3N $1" >> "$LOGS/stages.txt"
+  echo "== ${*:2}"
+}
+cache_files() { find "$CACHE_DIR" -type f 2>/dev/null | wc -l; }
 
-echo "== environment"
+stage setup "environment"
 date -u +%Y-%m-%dT%H:%M:%SZ
+sampler=""
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  # Only the fields this driver knows (the throttle reasons were renamed clock-event reasons).
+  fields=timestamp
+  for f in clocks.sm utilization.gpu power.draw temperature.gpu clocks_event_reasons.active \
+           clocks_throttle_reasons.active; do
+    [[ $f == *reasons* && $fields == *reasons* ]] && continue
+    nvidia-smi --query-gpu="$f" --format=csv,noheader >/dev/null 2>&1 && fields+=",$f"
+  done
+  echo "$fields" > "$LOGS/clocks.csv"
+  unbuffered=(); command -v stdbuf >/dev/null && unbuffered=(stdbuf -oL)
+  "${unbuffered[@]}" nvidia-smi -lms 500 --format=csv,noheader,nounits --query-gpu="$fields" \
+    >> "$LOGS/clocks.csv" 2>&1 &
+  sampler=$!
+  trap '[ -n "$sampler" ] && kill "$sampler" 2>/dev/null' EXIT
+else
+  echo "nvidia-smi not found: no clock samples"
 fi
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 git -C "$here" log -1 --format='commit %h %s' 2>/dev/null
+
+echo "== compile cache"
+rm -rf "$CACHE_DIR" && mkdir -p "$CACHE_DIR"
+export TORCHINDUCTOR_CACHE_DIR=$CACHE_DIR/inductor TRITON_CACHE_DIR=$CACHE_DIR/triton
+if compgen -G "$CACHE_IN/compile-cache.tgz.*" >/dev/null; then
+  cat "$CACHE_IN"/compile-cache.tgz.* | tar -xz -C "$CACHE_DIR" &&
+    echo "restored from $CACHE_IN: $(cache_files) files, $(du -sm "$CACHE_DIR" | cut -f1) MiB"
+else
+  echo "none in $CACHE_IN: every compile starts cold"
+fi
+cached_at_start=$(cache_files)
 
 echo "== data"
 if [ ! -d "$DATA/cifar-10-batches-py" ] && [ -f "$here/.cifar10/materialize.py" ]; then
@@ -74,7 +129,7 @@ fi
 
 if [ "$DEVICE" = cuda ]; then
   echo "== measured fp16/bf16 matmul rate (8192^3, mean of 20 after 3 warm-ups)"
-  python3 - <<'EOF' 2>&1 | tee "$OUT/matmul.log"
+  python3 - <<'EOF' 2>&1 | tee "$LOGS/matmul.log"
 import torch
 n = 8192
 for dtype in (torch.float16, torch.bfloat16):
@@ -95,32 +150,45 @@ fi
 
 ref_args=()
 if [ -n "$REF" ]; then
-  echo "== reference: $REF, $REF_RUNS runs, at most $(left) s (compile included)"
+  stage reference "reference: $REF, $REF_RUNS runs, at most $(left) s (compile included)"
   # The reference reads ./cifar10/ (torchvision layout, same verified files) and may hard-code
   # its run count; run a copy in a scratch folder with the count cut to REF_RUNS.
-  work=$(mktemp -d)
-  ln -s "$(cd "$DATA" && pwd)" "$work/cifar10"
-  sed "s/in range(200)/in range($REF_RUNS)/" "$REF" > "$work/reference.py"
+  rm -rf "$REF_WORK" && mkdir -p "$REF_WORK"
+  ln -s "$(cd "$DATA" && pwd)" "$REF_WORK/cifar10"
+  sed "s/in range(200)/in range($REF_RUNS)/" "$REF" > "$REF_WORK/reference.py"
+  if [ "${REF_PROFILE:-1}" = 1 ]; then
+    cat >> "$REF_WORK/reference.py" <<EOF
+
+# Appended by scripts/gpu_check.sh: one more run under torch.profiler in this process, so the
+# compiled model is reused and nothing compiles again.
+if __name__ == "__main__":
+    import sys
+    sys.path.insert(0, "$here/scripts")
+    import profile_run
+    profile_run.profile_reference(main, model, "$LOGS/reference-profile.txt", ${REF_STEPS:-200})
+EOF
+  fi
   start=$(date +%s)
-  (cd "$work" && budgeted python3 reference.py) 2>&1 | tee "$OUT/reference.log"
-  echo "reference wall clock: $(( $(date +%s) - start )) s (compile and warm-up included)"
-  ref_args=(--reference "$OUT/reference.log")
+  (cd "$REF_WORK" && budgeted python3 reference.py) 2>&1 | tee "$LOGS/reference.log"
+  echo "reference wall clock: $(( $(date +%s) - start )) s (compile, warm-up and profile" \
+       "included); compile cache: $(( $(cache_files) - cached_at_start )) new files"
+  ref_args=(--reference "$LOGS/reference.log")
 fi
 
 if [ -n "${CAP_GB:-}" ] && [ "$DEVICE" = cuda ]; then
-  echo "== ${labels[0]} under a ${CAP_GB} GiB memory cap, 3 runs"
+  stage cap "${labels[0]} under a ${CAP_GB} GiB memory cap, 3 runs"
   # shellcheck disable=SC2086
   budgeted python3 "$here/scripts/capped_main.py" "$CAP_GB" --recipe "${recipes[0]}" --runs 3 \
-    --no-save --data-dir "$DATA" ${flags[0]} 2>&1 | tail -n 12 | tee "$OUT/capped.log"
+    --no-save --data-dir "$DATA" ${flags[0]} 2>&1 | tail -n 12 | tee "$LOGS/capped.log"
 fi
 
 if [ -n "${PROFILE:-}" ]; then
   for i in "${!labels[@]}"; do
     [ "${labels[$i]}" = "$PROFILE" ] || continue
-    echo "== profile of ${labels[$i]}: one run after a warm-up"
+    stage "profile-$PROFILE" "profile of ${labels[$i]}: one run after a warm-up"
     # shellcheck disable=SC2086
     budgeted python3 "$here/scripts/profile_run.py" --recipe "${recipes[$i]}" \
-      --device "$DEVICE" --data-dir "$DATA" ${flags[$i]} 2>&1 | tee "$OUT/profile-$PROFILE.log"
+      --device "$DEVICE" --data-dir "$DATA" ${flags[$i]} 2>&1 | tee "$LOGS/profile-$PROFILE.log"
   done
 fi
 
@@ -128,17 +196,46 @@ ours_status=0
 records=()
 for i in "${!labels[@]}"; do
   label=${labels[$i]}
-  echo "== ours: $label = recipe ${recipes[$i]} ${flags[$i]}, ${counts[$i]} timed runs" \
+  stage "$label" "ours: $label = recipe ${recipes[$i]} ${flags[$i]}, ${counts[$i]} timed runs" \
        "after one untimed warm-up, at most $(left) s"
   # shellcheck disable=SC2086
   budgeted python3 "$here/main.py" --recipe "${recipes[$i]}" --runs "${counts[$i]}" \
-    --device "$DEVICE" --no-save --data-dir "$DATA" --json "$OUT/ours-$label.json" \
-    ${flags[$i]} 2>&1 | tee "$OUT/ours-$label.log"
+    --device "$DEVICE" --no-save --data-dir "$DATA" --json "$LOGS/ours-$label.json" \
+    ${flags[$i]} 2>&1 | tee "$LOGS/ours-$label.log"
   status=${PIPESTATUS[0]}
   [ "$status" = 0 ] || ours_status=$status
-  [ -f "$OUT/ours-$label.json" ] && records+=("$OUT/ours-$label.json")
+  [ -f "$LOGS/ours-$label.json" ] && records+=("$LOGS/ours-$label.json")
 done
+stage end "packing the compile cache and the logs"
+[ -n "$sampler" ] && kill "$sampler" 2>/dev/null
+sampler=""
 
-echo "== summary"
-python3 "$here/scripts/gpu_summary.py" "${records[@]}" "${ref_args[@]}" | tee "$OUT/summary.txt"
+# Pack the cache; if it is too large to come back, the inductor part alone: its compiled
+# graphs and autotuning choices, whose Triton kernels then compile again from their source.
+cached=$(cache_files)
+packed=$(mktemp)
+kept=""
+for part in . inductor; do
+  [ -e "$CACHE_DIR/$part" ] || continue
+  tar -czf "$packed" -C "$CACHE_DIR" "$part"
+  size_mb=$(( ($(wc -c < "$packed") + 2**20 - 1) / 2**20 ))
+  if [ "$size_mb" -le "$CACHE_MAX_MB" ]; then
+    split -b 15M -d -a 1 "$packed" "$OUT/compile-cache.tgz."
+    kept+="packed ${part/#./all of it} into $size_mb MiB: $OUT/compile-cache.tgz.*"
+    break
+  fi
+  kept+="${part/#./all of it} is $size_mb MiB packed, over CACHE_MAX_MB=$CACHE_MAX_MB; "
+done
+rm -f "$packed"
+
+summary_args=("${records[@]}" "${ref_args[@]}")
+if [ -s "$LOGS/clocks.csv" ]; then
+  summary_args+=(--clocks "$LOGS/clocks.csv" --stages "$LOGS/stages.txt")
+fi
+{
+  echo "== summary"
+  python3 "$here/scripts/gpu_summary.py" "${summary_args[@]}"
+  echo "compile cache: $cached_at_start files at the start, $cached at the end; $kept"
+} | tee "$OUT/summary.txt"
+tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
 exit "$ours_status"

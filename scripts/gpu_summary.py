@@ -1,16 +1,24 @@
 """Print the comparison table of scripts/gpu_check.sh: our records against a reference log.
 
     python scripts/gpu_summary.py [ours-LABEL.json ...] [--reference REFERENCE.log]
+                                  [--clocks CLOCKS.csv --stages STAGES.txt]
 
 The reference log is the output of an airbench-style script: a `|`-separated table whose
 final row per run has "eval" in its second column, TTA accuracy in the next-to-last column
 and the run's seconds in the last. Its first such row is the untimed warm-up and is skipped.
+
+The clocks file holds nvidia-smi samples (csv, noheader, nounits) below a first line naming
+the fields: timestamp and any of clocks.sm, utilization.gpu, power.draw, temperature.gpu and
+the active clock-event (throttle) reasons. The stages file has lines of
+"YYYY/MM/DD HH:MM:SS.fff LABEL", each marking when a stage began.
 """
 
 import argparse
 import json
 import math
+import statistics
 import sys
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,6 +48,84 @@ def describe(name, accs, times):
             f"min {min(times):.3f} max {max(times):.3f} s")
 
 
+# nvidia-smi's clock-event (throttle) reason bits; "idle" is left out of the report.
+SLOWDOWNS = {0x2: "application clocks", 0x4: "software power cap", 0x8: "hardware slowdown",
+             0x10: "sync boost", 0x20: "software thermal", 0x40: "hardware thermal",
+             0x80: "hardware power brake", 0x100: "display clocks"}
+
+
+def _time(text):
+    return datetime.strptime(text.strip(), "%Y/%m/%d %H:%M:%S.%f")
+
+
+def clock_samples(path):
+    """[{field: value}] of nvidia-smi samples below a first line that names the fields.
+
+    The timestamp becomes a datetime, the reasons (a field ending in "reasons.active") an int
+    of bits, the rest floats; a cell that does not parse ("[N/A]") is left out.
+    """
+    lines = Path(path).read_text(errors="replace").splitlines()
+    fields = [f.strip() for f in lines[0].split(",")] if lines else []
+    samples = []
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) != len(fields):
+            continue
+        sample = {}
+        for field, cell in zip(fields, cells):
+            try:
+                sample["reasons" if field.endswith("reasons.active") else field] = (
+                    _time(cell) if field == "timestamp"
+                    else int(cell, 16) if field.endswith("reasons.active") else float(cell))
+            except ValueError:
+                continue
+        if "timestamp" in sample:
+            samples.append(sample)
+    return samples
+
+
+def stage_starts(path):
+    starts = []
+    for line in Path(path).read_text().splitlines():
+        day, clock, label = line.split(maxsplit=2)
+        starts.append((_time(f"{day} {clock}"), label))
+    return starts
+
+
+def _describe_clocks(group):
+    def values(field):
+        return [s[field] for s in group if field in s]
+
+    parts = []
+    if clocks := values("clocks.sm"):
+        parts.append(f"SM clock median {statistics.median(clocks):.0f} MHz (min "
+                     f"{min(clocks):.0f}, max {max(clocks):.0f})")
+    if busy := values("utilization.gpu"):
+        parts.append(f"utilization mean {statistics.mean(busy):.0f}%")
+    if watts := values("power.draw"):
+        parts.append(f"power max {max(watts):.0f} W")
+    if heat := values("temperature.gpu"):
+        parts.append(f"temperature max {max(heat):.0f} C")
+    if reasons := values("reasons"):
+        seen = {bit: sum(bool(r & bit) for r in reasons) for bit in SLOWDOWNS}
+        parts.append("slowdowns: " + (", ".join(f"{SLOWDOWNS[bit]} {n / len(reasons):.0%}"
+                                                for bit, n in seen.items() if n) or "none"))
+    return ", ".join(parts)
+
+
+def clock_lines(samples, starts):
+    """One line per stage: the SM clock, utilization, power, heat and slowdowns seen."""
+    if not samples:
+        return ["no clock samples (the nvidia-smi query failed)"]
+    bounds = starts + [(datetime.max, "")]
+    lines = []
+    for (begin, name), (end, _) in zip(bounds, bounds[1:]):
+        group = [s for s in samples if begin <= s["timestamp"] < end]
+        if group:
+            lines.append(f"{name:<12} {len(group):>4} samples: {_describe_clocks(group)}")
+    return lines
+
+
 def label(path, record):
     """The variant's label from gpu_check.sh's file name (ours-LABEL.json), else the recipe."""
     stem = Path(path).stem
@@ -50,6 +136,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("ours", nargs="*", help="records written by main.py --json")
     parser.add_argument("--reference")
+    parser.add_argument("--clocks", help="nvidia-smi samples taken during the check")
+    parser.add_argument("--stages", help="when each stage of the check began")
     args = parser.parse_args()
     ref_accs, ref_times = reference_runs(args.reference) if args.reference else ([], [])
     for path in args.ours:
@@ -72,6 +160,9 @@ def main():
                 print(f"time ratio {name}/reference: {ratio:.3f}")
     if args.reference:
         print(describe("reference", ref_accs, ref_times))
+    if args.clocks and args.stages:
+        print("GPU clocks by stage (nvidia-smi every 0.5 s):")
+        print("\n".join(clock_lines(clock_samples(args.clocks), stage_starts(args.stages))))
 
 
 if __name__ == "__main__":

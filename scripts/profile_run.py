@@ -5,12 +5,18 @@
 
 Prints the run's timed seconds and wall seconds under the profiler, the kernels launched per
 training step, the share of the wall time the GPU spent in kernels (near 1: the GPU is the
-limit; far below: the host is, launching kernels), and the top operations by device time and
-by host time. The profiler adds host time of its own, so compare its figures with each
-other, not with an unprofiled run's time.
+limit; far below: the host is, launching kernels), the GPU's idle gaps by length, the kernel
+time by kind, and the top operations by device time and by host time. The profiler adds host
+time of its own, so compare its figures with each other, not with an unprofiled run's time.
+
+`profile_reference` does the same for a reference script's `main(run, model)` inside that
+script's own process (scripts/gpu_check.sh appends a call to it), so the compiled model is
+reused and nothing compiles again.
 """
 
 import argparse
+import contextlib
+import io
 import sys
 import time
 from pathlib import Path
@@ -23,11 +29,106 @@ from hlb.errors import HlbError  # noqa: E402
 from hlb.runs import Bench, Quiet, load_data, prepare  # noqa: E402
 from hlb.train import train_run  # noqa: E402
 
+# Kernel name fragments by kind, first match wins; a rough split, by name only.
+KINDS = (("copies and fills", ("memcpy", "memset")),
+         ("optimizer (multi-tensor)", ("multi_tensor_apply",)),
+         ("convolution and matmul (Triton templates)", ("triton_tem",)),
+         ("compiled elementwise and reductions (Triton)", ("triton",)),
+         ("convolution and matmul", ("conv", "cudnn", "gemm", "xmma", "cutlass", "wgrad",
+                                     "dgrad", "fprop", "sm90_", "nchwtonhwc", "nhwctonchw")),
+         ("eager elementwise and reductions", ("elementwise", "reduce", "batch_norm",
+                                               "pool", "gelu", "softmax", "index")))
+GAPS_US = (10, 100, 1000)      # bounds of the idle-gap buckets, microseconds
 
-def kernels(prof):
-    """(count, busy microseconds) of the device kernels the profiler saw."""
-    spans = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return len(spans), sum(e.time_range.elapsed_us() for e in spans)
+
+def kind(name):
+    lowered = name.lower()
+    for label, fragments in KINDS:
+        if any(f in lowered for f in fragments):
+            return label
+    return "other"
+
+
+def busy_and_gaps(spans):
+    """(busy µs, [gap µs]) of (start, end) kernel spans: their union, and the idle gaps
+    between the first start and the last end (kernels on several streams may overlap)."""
+    busy, gaps, end = 0.0, [], None
+    for start, stop in sorted(spans):
+        if end is None or start > end:
+            if end is not None:
+                gaps.append(start - end)
+            busy += stop - start
+            end = stop
+        elif stop > end:
+            busy += stop - end
+            end = stop
+    return busy, gaps
+
+
+def gpu_lines(prof, wall, steps):
+    """The device side of a profile: kernels, GPU-busy share, idle gaps, time by kind."""
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if not kernels:
+        return ["no device kernels were recorded"]
+    spans = [(e.time_range.start, e.time_range.end) for e in kernels]
+    busy, gaps = busy_and_gaps(spans)
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    graphs = sum(e.name == "cudaGraphLaunch" for e in prof.events())
+    per_step = f" ({len(kernels) / steps:.0f} per training step)" if steps else ""
+    lines = [f"kernels: {len(kernels)}{per_step}; CUDA graph launches: {graphs}",
+             f"GPU busy {busy / 1e6:.3f} s = {busy / 1e6 / wall:.0%} of the wall time, "
+             f"{busy / (last - first):.0%} of the span from the first kernel to the last"]
+    bounds = (0,) + GAPS_US + (float("inf"),)
+    buckets = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        chosen = [g for g in gaps if lo <= g < hi]
+        buckets.append(f"{lo:g}-{hi:g} us: {len(chosen)} gaps, {sum(chosen) / 1e3:.1f} ms")
+    lines.append("GPU idle gaps by length (short: launch-bound; long: host work): "
+                 + "; ".join(buckets))
+    by_kind = {}
+    for e in kernels:
+        label = kind(e.name)
+        by_kind[label] = by_kind.get(label, 0.0) + e.time_range.elapsed_us()
+    total = sum(by_kind.values())
+    lines.append("kernel time by kind (by name): " + "; ".join(
+        f"{label} {us / 1e3:.1f} ms ({us / total:.0%})"
+        for label, us in sorted(by_kind.items(), key=lambda item: -item[1])))
+    return lines
+
+
+def profile_call(fn, cuda):
+    """(fn's result, wall seconds, profile) of one call of fn under torch.profiler."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        tick = time.perf_counter()
+        result = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - tick
+    return result, wall, prof
+
+
+def report(prof, wall, steps, cuda, rows):
+    lines = gpu_lines(prof, wall, steps) if cuda else []
+    table = prof.key_averages()
+    sorts = (["self_cuda_time_total"] if cuda else []) + ["self_cpu_time_total"]
+    for sort in sorts:
+        lines.append(f"== top {rows} by {sort.split('_')[1]} time (self)")
+        lines.append(table.table(sort_by=sort, row_limit=rows))
+    return lines
+
+
+def profile_reference(main, model, path, steps, rows=15):
+    """One more run of a reference script's `main(run, model)` under the profiler; the
+    report is printed and written to `path`."""
+    cuda = torch.cuda.is_available()
+    with contextlib.redirect_stdout(io.StringIO()):    # its table rows would read as a run
+        accuracy, wall, prof = profile_call(lambda: main("profile", model), cuda)
+    lines = [f"reference: one more run under the profiler, TTA accuracy {accuracy:.4f}, "
+             f"wall {wall:.3f} s (per-epoch evaluation and data loading included)"]
+    text = "\n".join(lines + report(prof, wall, steps, cuda, rows))
+    Path(path).write_text(text + "\n")
+    print("== reference profile\n" + text)
 
 
 def main(argv=None):
@@ -45,29 +146,14 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     bench.warmup(Quiet())
-    cuda = bench.cuda
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
-        tick = time.perf_counter()
-        result = train_run(recipe, bench.data, bench.net, device, seed=1, forward=bench.forward)
-        if cuda:
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - tick
+    result, wall, prof = profile_call(
+        lambda: train_run(recipe, bench.data, bench.net, device, seed=1,
+                          forward=bench.forward), bench.cuda)
     steps = recipe.total_steps()
     lines = [f"recipe {recipe.name} on {device}: {steps} steps, TTA accuracy "
              f"{result.tta_acc:.4f}, timed {result.train_time_s:.3f} s, wall {wall:.3f} s "
              f"(untimed evaluation included; profiler on)"]
-    if cuda:
-        count, busy_us = kernels(prof)
-        lines.append(f"kernels: {count} ({count / steps:.0f} per training step, evaluation "
-                     f"included); GPU busy {busy_us / 1e6:.3f} s = "
-                     f"{busy_us / 1e6 / wall:.0%} of the wall time")
-    table = prof.key_averages()
-    sorts = (["self_cuda_time_total"] if cuda else []) + ["self_cpu_time_total"]
-    for sort in sorts:
-        lines.append(f"== top {args.rows} by {sort.split('_')[1]} time (self)")
-        lines.append(table.table(sort_by=sort, row_limit=args.rows))
-    print("\n".join(lines))
+    print("\n".join(lines + report(prof, wall, steps, bench.cuda, args.rows)))
     return 0
 
 

@@ -1,8 +1,10 @@
+import copy
+
 import pytest
 import torch
 
-from hlb.model import (DiracConv, ResidualConvGroup, init_whitening, make_net, patches,
-                       whitening_weights)
+from hlb.model import (ConvBeforePool, DiracConv, ResidualConvGroup, init_whitening, make_net,
+                       patches, whitening_weights)
 from hlb.recipes import RECIPES, override
 
 
@@ -94,3 +96,51 @@ def test_residual_group_adds_its_input():
     # Without the skip path the output would be GELU(0) = 0 everywhere.
     assert out.abs().sum() > 0
     assert torch.allclose(out, torch.nn.functional.gelu(entry))
+
+
+def untrimmed(net):
+    """A copy of `net` whose pooled convs compute every output ('same' padding), as before."""
+    ref = copy.deepcopy(net)
+    for module in list(ref.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, ConvBeforePool):
+                plain = torch.nn.Conv2d(child.in_channels, child.out_channels, 3, padding=1,
+                                        bias=False)
+                plain.weight = child.weight
+                setattr(module, name, plain)
+    assert not any(isinstance(m, ConvBeforePool) for m in ref.modules())
+    return ref
+
+
+@pytest.mark.parametrize("name, changes", [
+    ("94", []),                                 # maps 31 -> 30, 15 -> 14, 7 -> 6
+    ("96", []),                                 # the residual groups
+    ("94", ["whiten_kernel=3"]),                # 30: even sizes, nothing to trim
+    ("94", ["whiten_kernel=4"]),                # 29 -> 28, then 14 (even), then 7 -> 6
+])
+def test_trimmed_convs_give_the_untrimmed_logits_and_gradients(name, changes):
+    torch.manual_seed(0)
+    recipe = override(RECIPES[name], ["widths=8,16,16", *changes])
+    net = make_net(recipe).double()
+    ref = untrimmed(net)
+    x = torch.randn(6, 3, 32, 32, dtype=torch.double)
+    probe = torch.randn(6, 10, dtype=torch.double)
+    out, ref_out = net(x), ref(x)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    (out * probe).sum().backward()
+    (ref_out * probe).sum().backward()
+    grads = {n: p.grad for n, p in net.named_parameters() if p.requires_grad}
+    ref_grads = {n: p.grad for n, p in ref.named_parameters() if p.requires_grad}
+    assert grads.keys() == ref_grads.keys()
+    for n in grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_pooled_convs_compute_only_what_the_pool_keeps():
+    net = make_net(override(RECIPES["94"], ["widths=8,16,16"]))
+    sizes = []
+    for m in net.modules():
+        if isinstance(m, ConvBeforePool):
+            m.register_forward_hook(lambda m, args, out: sizes.append(out.shape[-1]))
+    net(torch.randn(2, 3, 32, 32))
+    assert sizes == [30, 14, 6]

@@ -1,15 +1,18 @@
 """The GPU check's summary: it reads our records and a reference script's table."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from gpu_summary import reference_runs  # noqa: E402
+from gpu_summary import clock_lines, clock_samples, reference_runs, stage_starts  # noqa: E402
+from profile_run import busy_and_gaps, kind  # noqa: E402
 
 REFERENCE_LOG = """\
 |  run     |  epoch  |  train_acc  |  val_acc  |  tta_val_acc  |  time_seconds  |
@@ -47,32 +50,88 @@ def test_summary_gives_the_time_ratio(tmp_path):
 
 
 FAKE_REFERENCE = """\
-print("|  run  |  epoch  |  train_acc  |  val_acc  |  tta_val_acc  |  time_seconds  |")
-print("|  warmup  |  eval  |  0.1  |  0.1  |  0.1000  |  9.0  |")
-for run in range(200):
+import sys
+
+
+def main(run, model):
     print("|  |  eval  |  0.9  |  0.9  |  0.9400  |  0.5  |")
+    return 0.94
+
+
+if __name__ == "__main__":
+    model = None
+    print("|  run  |  epoch  |  train_acc  |  val_acc  |  tta_val_acc  |  time_seconds  |")
+    print("|  warmup  |  eval  |  0.1  |  0.1  |  0.1000  |  9.0  |")
+    accs = [main(run, model) for run in range(200)]
 """
+
+
+# Stands in for nvidia-smi on a CPU: a driver that knows the new name of the throttle reasons.
+FAKE_NVIDIA_SMI = """\
+#!/usr/bin/env bash
+case "$*" in
+  *-lms*) while true; do
+            echo "$(date '+%Y/%m/%d %H:%M:%S.%3N'), 1980, 50, 300.0, 50, 0x0000000000000004"
+            sleep 0.2
+          done ;;
+  *clocks_throttle_reasons*) exit 2 ;;
+  *) echo fake ;;
+esac
+"""
+
+
+def packed(path):
+    """{name: bytes} of the files in a .tgz."""
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
 TINY_FLAGS = ("--set train_images=400 --set test_images=200 --set batch_size=100 "
               "--set epochs=1 --set whiten_init_images=200")
 
 
 def test_gpu_check_runs_variants_in_order_within_the_budget(cifar_dir, tmp_path):
-    # On the CPU: a fake reference (its run count cut from 200 to 3), then two variants; the
-    # second asks for far more runs than the budget allows and is stopped, keeping its runs.
+    # On the CPU: a fake reference (its run count cut from 200 to 3, then one profiled run),
+    # then two variants; the second asks for far more runs than the budget allows and is
+    # stopped, keeping its runs. A compile cache from an earlier check is restored and kept.
     reference = tmp_path / "reference.py"
     reference.write_text(FAKE_REFERENCE)
+    cache_in = tmp_path / "cache_in"
+    cache_in.mkdir()
+    with tarfile.open(cache_in / "compile-cache.tgz.0", "w:gz") as tar:
+        info = tarfile.TarInfo("./inductor/kernel.py")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (bin_dir / "nvidia-smi").chmod(0o755)
     out = tmp_path / "out"
     env = {**os.environ, "DEVICE": "cpu", "OUT": str(out), "HLB_DATA_DIR": str(cifar_dir),
-           "BUDGET_S": "35", "OMP_NUM_THREADS": "1",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "BUDGET_S": "60",
+           "RESERVE_S": "10", "OMP_NUM_THREADS": "1", "CACHE_IN": str(cache_in),
+           "CACHE_DIR": str(tmp_path / "cache"), "REF_WORK": str(tmp_path / "ref"),
            "VARIANTS": f"one smoke 1 {TINY_FLAGS}; many smoke 1000 {TINY_FLAGS} --set lr=4"}
     result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "0", str(reference),
                              "3"], capture_output=True, text=True, env=env, timeout=200)
     summary = (out / "summary.txt").read_text()
     assert result.stdout.endswith(summary)                    # the table comes last
-    assert "reference  n=3 " in summary
+    assert "reference  n=3 " in summary                       # the profiled run not counted
     assert "one        n=1 " in summary and "time ratio one/reference" in summary
-    many = json.loads((out / "ours-many.json").read_text())
+    assert "== reference profile" in result.stdout
+    assert "TTA accuracy 0.9400" in result.stdout
+    # The clock samples, summarised by stage.
+    assert "GPU clocks by stage" in summary
+    assert any(line.startswith("one ") and "SM clock median 1980 MHz" in line
+               and "slowdowns: software power cap 100%" in line
+               for line in summary.splitlines())
+    # What comes back from a device call: at most 8 files, no folders.
+    assert sorted(p.name for p in out.iterdir()) == ["compile-cache.tgz.0", "logs.tgz",
+                                                     "summary.txt"]
+    assert "restored from" in result.stdout and "1 files at the start" in summary
+    assert packed(out / "compile-cache.tgz.0") == {"./inductor/kernel.py": b"abc"}
+    logs = packed(out / "logs.tgz")
+    assert "TTA accuracy 0.9400" in logs["logs/reference-profile.txt"].decode()
+    many = json.loads(logs["logs/ours-many.json"])
     assert many["stopped"] == "interrupted" and 1 <= len(many["runs"]) < 1000
     assert many["recipe"]["lr"] == 4.0 and "stopped: interrupted" in summary
     assert result.returncode == 124                           # timeout(1): cut by the budget
@@ -84,3 +143,79 @@ def test_gpu_check_rejects_a_malformed_variant(tmp_path):
                             capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 2
     assert "expected LABEL RECIPE RUNS" in result.stderr
+
+
+def test_busy_time_is_the_union_of_kernel_spans_and_gaps_are_the_idle_rest():
+    # Two overlapping kernels (0-10, 5-12), then idle until 20, a kernel 20-25, one inside it.
+    busy, gaps = busy_and_gaps([(20, 25), (5, 12), (0, 10), (21, 22)])
+    assert busy == 17 and gaps == [8]
+
+
+def test_kernels_are_sorted_into_kinds_by_name():
+    assert kind("sm90_xmma_fprop_implicit_gemm_f16f16") == "convolution and matmul"
+    assert kind("triton_poi_fused_convolution_gelu_0") == (
+        "compiled elementwise and reductions (Triton)")
+    assert kind("triton_tem_fused_convolution_1") == "convolution and matmul (Triton templates)"
+    assert kind("void at::native::multi_tensor_apply_kernel<FusedSgd>") == (
+        "optimizer (multi-tensor)")
+    assert kind("Memcpy HtoD (Pageable -> Device)") == "copies and fills"
+    assert kind("some_kernel") == "other"
+
+
+CLOCKS = """\
+timestamp,clocks.sm,utilization.gpu,power.draw,temperature.gpu,clocks_event_reasons.active
+2026/11/26 10:00:00.100, 1980, 0, 70.5, 40, 0x0000000000000001
+2026/11/26 10:00:01.100, 1980, 100, 650.0, 60, 0x0000000000000000
+2026/11/26 10:00:01.600, 1755, 100, [N/A], 71, 0x0000000000000004
+not a sample
+2026/11/26 10:00:02.100, 1980, 90, 500.0, 65, 0x0000000000000000
+"""
+
+STAGES = """\
+2026/11/26 10:00:00.000 setup
+2026/11/26 10:00:01.000 reference
+2026/11/26 10:00:02.000 one
+"""
+
+
+def test_clock_summary_by_stage_names_the_slowdowns(tmp_path):
+    (tmp_path / "clocks.csv").write_text(CLOCKS)
+    (tmp_path / "stages.txt").write_text(STAGES)
+    lines = clock_lines(clock_samples(tmp_path / "clocks.csv"),
+                        stage_starts(tmp_path / "stages.txt"))
+    assert len(lines) == 3
+    assert lines[0].startswith("setup") and "slowdowns: none" in lines[0]   # idle is no slowdown
+    assert lines[1].startswith("reference") and "2 samples" in lines[1]
+    assert "median 1868 MHz (min 1755, max 1980)" in lines[1]
+    assert "software power cap 50%" in lines[1] and "power max 650 W" in lines[1]
+    assert lines[2].startswith("one") and "1 samples" in lines[2]
+
+
+def test_flops_counts_the_trimmed_network_and_selective_tta():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "flops.py"), "94muon",
+                          "tta_fraction=0.25"], capture_output=True, text=True, check=True)
+    assert "forward 0.211 GFLOP per image" in out.stdout
+    # A plain pass, then 5 more views of 2500 images in 7 padded chunks of 2000: 2.4 forwards.
+    assert "TTA       2.4 forwards per image" in out.stdout
+
+
+def test_gpu_report_gives_the_busy_share_gaps_and_kinds():
+    from types import SimpleNamespace
+
+    import torch
+    from profile_run import gpu_lines
+
+    def event(name, start, end, device=torch.autograd.DeviceType.CUDA):
+        span = SimpleNamespace(start=start, end=end, elapsed_us=lambda: end - start)
+        return SimpleNamespace(name=name, device_type=device, time_range=span)
+
+    cpu = torch.autograd.DeviceType.CPU
+    events = [event("cudaGraphLaunch", 0, 5, cpu), event("sm90_xmma_fprop", 0, 300),
+              event("triton_poi_fused_gelu_0", 350, 450), event("memset", 2450, 2550)]
+    prof = SimpleNamespace(events=lambda: events)
+    lines = gpu_lines(prof, wall=0.005, steps=2)               # 5 ms of wall time
+    assert lines[0] == "kernels: 3 (2 per training step); CUDA graph launches: 1"
+    assert "GPU busy 0.001 s = 10% of the wall time, 20% of the span" in lines[1]
+    assert "10-100 us: 1 gaps, 0.1 ms" in lines[2] and "1000-inf us: 1 gaps, 2.0 ms" in lines[2]
+    assert lines[3].startswith("kernel time by kind (by name): "
+                               "convolution and matmul 0.3 ms (60%)")
