@@ -1,6 +1,7 @@
 """Errors meant for the user: one line, what went wrong and what to do.
 
-Anything else that escapes is a bug in hlb and keeps its traceback.
+Anything else that escapes is a bug in hlb: the command line saves its traceback to a file
+and prints one line naming the file (hlb.cli.main; HLB_DEBUG=1 shows the traceback instead).
 """
 
 
@@ -8,6 +9,11 @@ class HlbError(Exception):
     """A problem the user can fix; the command line prints it as one line and exits non-zero."""
 
     exit_code = 1
+
+    def __init__(self, message, exit_code=None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
 
 
 class UsageError(HlbError):
@@ -18,3 +24,18 @@ class UsageError(HlbError):
 
 class DataError(HlbError):
     """CIFAR-10 is missing, corrupt, or could not be downloaded."""
+
+
+class AlreadyReported(HlbError):
+    """A failure that another process reports: under torchrun rank 0 prints it and sets the
+    exit status, and the other ranks exit quietly."""
+
+
+class Unexpected(HlbError):
+    """An exception no code path expected (a bug, or a fault hlb does not know), caught so that
+    the finished runs are kept; `traceback` is its full text, for the file the command line
+    writes."""
+
+    def __init__(self, message, traceback):
+        super().__init__(message)
+        self.traceback = traceback
