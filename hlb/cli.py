@@ -16,7 +16,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from pathlib import Path
 
 from hlb.compare import compare, compare_records, comparison_dict, comparison_lines
@@ -153,12 +152,7 @@ def main(argv=None):
     except Exception as e:
         if os.environ.get("HLB_DEBUG") == "1":
             raise
-        return _report_unexpected(Unexpected(f"unexpected {type(e).__name__} ({_first_line(e)})",
-                                             "".join(traceback.format_exception(e))), None)
-
-
-def _first_line(e):
-    return (str(e).splitlines() or [""])[0]
+        return _report_unexpected(Unexpected.wrapping(e), None)
 
 
 def _save_traceback(text, folder):

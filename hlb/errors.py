@@ -5,6 +5,10 @@ and prints one line naming the file (hlb.cli.main; HLB_DEBUG=1 shows the traceba
 """
 
 
+import os
+import traceback as tb
+
+
 class HlbError(Exception):
     """A problem the user can fix; the command line prints it as one line and exits non-zero."""
 
@@ -39,3 +43,14 @@ class Unexpected(HlbError):
     def __init__(self, message, traceback):
         super().__init__(message)
         self.traceback = traceback
+
+    @classmethod
+    def wrapping(cls, exc):
+        """`exc` in one line (its type, its message's first line, the file and line where it
+        was raised), keeping its full traceback."""
+        frames = tb.extract_tb(exc.__traceback__)
+        where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" \
+            if frames else ""
+        first = (str(exc).splitlines() or [""])[0]
+        return cls(f"unexpected {type(exc).__name__} ({first}){where}",
+                   "".join(tb.format_exception(exc)))

@@ -160,7 +160,7 @@ class Recipe:
                                      # graphs
 
     def __post_init__(self):
-        check(self)
+        validate(self)
 
     def steps_per_epoch(self):
         return self.train_images // self.batch_size
@@ -204,7 +204,7 @@ def _links(r):
     ]
 
 
-def check(recipe):
+def validate(recipe):
     """Raise one UsageError naming every value outside its field's range (then the rules
     between fields); fields declared `float` and given an int are stored as floats."""
     problems = []

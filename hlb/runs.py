@@ -15,7 +15,6 @@ import dataclasses
 import os
 import re
 import time
-import traceback
 from bisect import insort
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -230,10 +229,8 @@ def _failure(exc, recipe):
         return {"text": str(out_of_memory_error(exc, recipe)), "exit_code": 1}
     if isinstance(exc, HlbError):
         return {"text": str(exc), "exit_code": exc.exit_code}
-    where = traceback.extract_tb(exc.__traceback__)[-1]
-    text = (f"unexpected {type(exc).__name__} ({str(exc).splitlines()[0] if str(exc) else ''}) "
-            f"at {os.path.basename(where.filename)}:{where.lineno}")
-    return {"text": text, "exit_code": 1, "traceback": "".join(traceback.format_exception(exc))}
+    error = Unexpected.wrapping(exc)
+    return {"text": str(error), "exit_code": 1, "traceback": error.traceback}
 
 
 def _raise_first(payloads, scheduler):
@@ -338,8 +335,7 @@ def _stop_error(exc, scheduler, where):
     lost = scheduler.lost(exc, where)
     if lost is not None or not isinstance(exc, Exception):
         return lost
-    failure = _failure(exc, None)
-    return Unexpected(failure["text"], failure["traceback"])
+    return Unexpected.wrapping(exc)
 
 
 def run_rounds(prepared, runs, listeners, scheduler, target_acc=None, on_round=None):
