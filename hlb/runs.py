@@ -110,8 +110,8 @@ class PreparedRecipe:
         listener.warmup_finished(self.record.warmup_s)
 
     def run(self, i, runs, listener, target_acc=None):
-        """Run i (seed `seed + i`); returns its RunResult. The runner files it in the record
-        and then calls `listener.run_finished`, so a run shown as finished is kept."""
+        """Run i (seed `seed + i`); returns its RunResult, which the runner files in the
+        record and then shows (`listener.run_finished`)."""
         listener.run_started(i, runs)
         return train_run(self.recipe, self.data, self.net, self.device,
                          seed=self.record.seed + i, run=i, forward=self.forward,
@@ -144,6 +144,11 @@ class LocalScheduler:
 
     def gather(self, payload):
         """Every process's payload, in rank order."""
+        return [payload]
+
+    def in_flight(self, payload):
+        """What to keep of a round that was stopped before it was gathered: here all that
+        finished, since this process alone makes the round."""
         return [payload]
 
     def agree(self, error=None):
@@ -180,6 +185,9 @@ class TorchrunScheduler(LocalScheduler):
                                           for r in payload["results"]]}
         return [{**p, "results": [r and _to_result(r) for r in p["results"]]}
                 for p in self.group.exchange(as_json)]
+
+    def in_flight(self, payload):
+        return []       # the other ranks' runs of the round never arrived: keep whole rounds
 
     def agree(self, error=None):
         self.group.agree(error)
@@ -270,16 +278,18 @@ def _warm_up(prepared, listeners, scheduler):
     _raise_first(payloads, scheduler)
 
 
-def _run_mine(prepared, active, i, runs, listeners, target_acc):
-    """This process's run i of every active recipe that lacks it, as a payload."""
-    results, failure = [None] * len(prepared), None
+def _run_mine(prepared, active, i, runs, listeners, target_acc, payload):
+    """This process's run i of every active recipe that lacks it, into `payload`, each
+    result stored there before its listener hears it finished."""
     for j, (p, listener) in enumerate(zip(prepared, listeners)):
         if i is None or j not in active or _has(p.record, i):
             continue
-        results[j], failure = _guarded(lambda: p.run(i, runs, listener, target_acc), p.recipe)
-        if failure:
-            break
-    return {"results": results, "failure": failure}
+        result, payload["failure"] = _guarded(lambda: p.run(i, runs, listener, target_acc),
+                                              p.recipe)
+        if payload["failure"]:
+            return
+        payload["results"][j] = result
+        listener.run_finished(result)
 
 
 def _has(record, i):
@@ -287,19 +297,26 @@ def _has(record, i):
 
 
 def _take(records, payloads, runs, listeners, scheduler):
-    """File the round's results in run order, each before its listener hears it finished;
-    rank 0 shows the other ranks' runs as if they had run here."""
+    """File the round's results in run order; rank 0 shows the other ranks' runs as if they
+    had run here."""
     for rank, payload in enumerate(payloads):
         for record, listener, result in zip(records, listeners, payload["results"]):
             if result is None:
                 continue
+            insort(record.results, result, key=lambda r: r.run)
             if rank != scheduler.rank:
                 listener.run_started(result.run, runs)
                 for row in result.epochs:
                     listener.epoch(row)
-            insort(record.results, result, key=lambda r: r.run)
-            listener.run_finished(result)
+                listener.run_finished(result)
     _raise_first(payloads, scheduler)
+
+
+def _file(records, payloads):
+    for payload in payloads:
+        for record, result in zip(records, payload["results"]):
+            if result is not None and not _has(record, result.run):
+                insort(record.results, result, key=lambda r: r.run)
 
 
 def _summarize(records, wall, target_acc):
@@ -360,13 +377,16 @@ def run_rounds(prepared, runs, listeners, scheduler, target_acc=None, on_round=N
     rounds = scheduler.rounds([i for i in range(runs)
                                if not all(_has(r, i) for r in records)])
     active, where = set(range(len(prepared))), "before the runs"
+    payload = None
     try:
         _warm_up(prepared, listeners, scheduler)
         for number, indices in enumerate(rounds, 1):
             where = f"in round {number} of {len(rounds)}"
-            payload = _run_mine(prepared, active, scheduler.mine(indices), runs, listeners,
-                                target_acc)
+            payload = {"results": [None] * len(prepared), "failure": None}
+            _run_mine(prepared, active, scheduler.mine(indices), runs, listeners, target_acc,
+                      payload)
             _take(records, scheduler.gather(payload), runs, listeners, scheduler)
+            payload = None
             _summarize(records, wall, target_acc)
             if on_round:
                 active -= _ask_to_stop(on_round, records, number == len(rounds), runs,
@@ -377,6 +397,8 @@ def run_rounds(prepared, runs, listeners, scheduler, target_acc=None, on_round=N
         error = _stop_error(e, scheduler, where)
         if error is None:
             raise
+        if payload:
+            _file(records, scheduler.in_flight(payload))
         _summarize(records, wall, target_acc)
         for record in records:
             record.stopped = str(error) or "interrupted"

@@ -62,8 +62,9 @@ def test_rounds_take_turns_and_file_in_run_order(fake_training):
                          on_round=lambda records, finished: rounds.append(
                              ([len(r.results) for r in records], finished,
                               records[0].stopped)))
-    assert [(h[0], h[2]) for h in heard if h[1] == "start"] == [
-        ("A", 0), ("B", 0), ("A", 1), ("B", 1), ("A", 2), ("B", 2)]
+    # Locally each run is shown whole before the next recipe's run starts.
+    assert heard == [(arm, what, i) for i in range(3) for arm in "AB"
+                     for what in ("start", "done")]
     assert [[r.seed for r in rec.results] for rec in records] == [[3, 4, 5], [3, 4, 5]]
     assert rounds == [([1, 1], False, "unfinished: 1 of 3 run(s) gathered"),
                       ([2, 2], False, "unfinished: 2 of 3 run(s) gathered"),
@@ -131,6 +132,16 @@ def test_ctrl_c_keeps_every_run_shown_as_finished(fake_training):
     record, = stopped.value.records
     assert [r.run for r in record.results] == [h[2] for h in heard if h[1] == "done"] == [0]
     assert record.stopped == "interrupted"
+
+
+def test_ctrl_c_while_a_finished_run_is_shown_keeps_it(fake_training):
+    class Interrupted(Listener):
+        def run_finished(self, result):
+            raise KeyboardInterrupt
+
+    with pytest.raises(Stopped) as stopped:
+        run_rounds(_prepared(), 3, [Interrupted()], LocalScheduler("cpu"))
+    assert [r.run for r in stopped.value.records[0].results] == [0]
 
 
 def test_the_listener_declares_the_six_calls():
