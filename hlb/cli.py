@@ -1,7 +1,8 @@
 """The command line: parse flags, run, print, write the record, set the exit status.
 
-Exit status: 0 success; 1 a data problem or a run that diverged; 2 a usage error; 130 Ctrl-C
-or SIGTERM (a scheduler's time limit, `timeout`): both keep the finished runs.
+Exit status: 0 success; 1 a data problem, a run that diverged, or an unexpected error (its
+traceback saved to a file, see `main`); 2 a usage error; 130 Ctrl-C or SIGTERM (a scheduler's
+time limit, `timeout`). All of them keep the finished runs.
 Under torchrun (hlb.dist) rank 0 prints, writes and sets that status; the other ranks stay
 silent and exit 0 (130 on Ctrl-C), except for an error only they can report.
 """
@@ -14,10 +15,19 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
-from hlb.errors import HlbError, UsageError
-from hlb.recipes import RECIPES, get_recipe, override
+from hlb.compare import compare, compare_records, comparison_dict, comparison_lines
+from hlb.dist import world_from_env
+from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
+from hlb.overrides import override
+from hlb.plot import plot_records
+from hlb.recipes import RECIPES, get_recipe
+from hlb.records import default_runs_dir, list_records, records_table, save_record
+from hlb.report import Table, record_dict, summary_lines, write_json_atomic
+from hlb.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
+from hlb.train import DIVERGED_LOSS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,13 +80,14 @@ def build_compare_parser():
 
 
 def _arm_recipe(name, flags, base):
-    """An arm is a recipe plus `--recipe` / `--set` flags, given as one string."""
+    """An arm is a recipe plus `--recipe` / `--set` flags, given as one string; returns the
+    recipe and its overrides."""
     p = _Parser(prog=f"--{name.lower()}", add_help=False)
     p.add_argument("--recipe", default=base)
     p.add_argument("--set", action="append", default=[])
     try:
         args = p.parse_args(shlex.split(flags))
-        return override(get_recipe(args.recipe), args.set)
+        return override(get_recipe(args.recipe), args.set), args.set
     except UsageError as e:
         raise UsageError(f"arm {name}: {e}") from None
 
@@ -101,10 +112,10 @@ def _raise_interrupt(signum, frame):
 
 
 @contextlib.contextmanager
-def _sigterm_as_ctrl_c():
+def _sigterm_as_ctrl_c(world):
     """SIGTERM stops the runs as Ctrl-C does, keeping the finished ones. Not under torchrun,
     whose agent signals its workers itself, nor off the main thread (signal's rule)."""
-    if _torchrun() or threading.current_thread() is not threading.main_thread():
+    if world is not None or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -115,70 +126,85 @@ def _sigterm_as_ctrl_c():
 
 
 def main(argv=None):
+    """Run one command; return its exit status. The last resort is here: an exception no
+    code path expected prints one line naming the file that keeps its traceback, and exits 1
+    (HLB_DEBUG=1 lets the traceback through instead)."""
     argv = sys.argv[1:] if argv is None else argv
+    world = None
     try:
+        world = world_from_env()              # None when not under torchrun
         command = {"compare": _compare, "plot": _plot, "runs": _runs}.get(argv[0] if argv else "")
-        with _sigterm_as_ctrl_c():
+        with _sigterm_as_ctrl_c(world):
             return command(argv[1:]) if command else _main(argv)
     except HlbError as e:
-        # Under torchrun a usage error is every rank's alike, and a quiet one is rank 0's to
-        # report: the other ranks stay silent and exit 0, so that torchrun's report points
-        # at rank 0, whose message says what happened (and names the rank at fault).
-        if _follower() and (isinstance(e, UsageError) or getattr(e, "quiet", False)):
+        # Under torchrun a usage error is every rank's alike, and an AlreadyReported one is
+        # rank 0's to report: the other ranks stay silent and exit 0, so that torchrun's report
+        # points at rank 0, whose message says what happened (and names the rank at fault).
+        follower = world is not None and not world.leader
+        if follower and isinstance(e, (UsageError, AlreadyReported)):
             return 0
-        print(f"error: {_rank_prefix()}{e}", file=sys.stderr)
+        print(f"error: {f'rank {world.rank}: ' if follower else ''}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        if not _follower():
+        if world is None or world.leader:
             print("\ninterrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if os.environ.get("HLB_DEBUG") == "1":
+            raise
+        return _report_unexpected(Unexpected.wrapping(e), None)
 
 
-def _torchrun():
-    """Whether this process is a torchrun worker (see hlb.dist.world_from_env)."""
-    return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+def _save_traceback(text, folder):
+    """Write a traceback into `folder` (the kept record's; else the runs folder, else the
+    system's temporary folder); return the file's path."""
+    name = f"traceback-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    for place in [p for p in (folder, default_runs_dir(), Path(tempfile.gettempdir())) if p]:
+        try:
+            place.mkdir(parents=True, exist_ok=True)
+            (place / name).write_text(text)
+            return place / name
+        except OSError:
+            continue
+    return None
 
 
-def _follower():
-    """Whether this is a torchrun worker other than rank 0."""
-    return _torchrun() and os.environ["RANK"] != "0"
+def _report_unexpected(error, folder):
+    """One line for an Unexpected error, its traceback saved to a file; exit status 1."""
+    if os.environ.get("HLB_DEBUG") == "1":
+        print(error.traceback, file=sys.stderr, end="")
+        return 1
+    path = _save_traceback(error.traceback, folder)
+    where = f"the traceback is in {path}" if path else "the traceback could not be saved"
+    print(f"error: {error} (not a problem hlb knows: {where}; HLB_DEBUG=1 prints it)",
+          file=sys.stderr)
+    return 1
 
 
-def _rank_prefix():
-    return f"rank {os.environ['RANK']}: " if _follower() else ""
-
-
-def _check_json(path, session):
+def _check_json(path, scheduler):
     """Check --json before training. Under torchrun rank 0 alone writes, so it alone checks,
     and every rank stops with it, so none is left waiting for it."""
     error = None
-    if path and (session is None or session.leader):
+    if path and scheduler.leader:
         try:
             _check_writable(path)
         except UsageError as e:
-            if session is None:
-                raise
             error = e
-    if session:
-        session.agree(error)
+    scheduler.agree(error)
 
 
-def _spread(session):
-    return f", spread over {session.world.size} processes" if session else ""
+def _spread(scheduler):
+    return f", spread over {scheduler.size} processes" if scheduler.describe() else ""
 
 
-def _record_data(record, argv, session):
-    from hlb.report import record_dict
-
+def _record_data(record, argv, scheduler):
     data = record_dict(record, argv)
-    if session:
-        data["dist"] = session.describe()       # which process and GPU ran which run
+    if scheduler.describe():
+        data["dist"] = scheduler.describe()       # which process and GPU ran which run
     return data
 
 
 def _write_record(path, data):
-    from hlb.report import write_json_atomic
-
     try:
         write_json_atomic(path, data)
     except OSError as e:
@@ -186,19 +212,44 @@ def _write_record(path, data):
                        "nothing was left behind") from None
 
 
-def _follower_status(error):
-    """Rank 0 reports the outcome and sets the status; the others only pass on Ctrl-C."""
-    return 130 if isinstance(error, KeyboardInterrupt) else 0
+def _run(prepared, runs, listeners, scheduler, json_path, data_of, target_acc=None):
+    """The runs, with --json rewritten after each round so that a failure keeps what
+    finished; returns (records, the error that stopped them or None)."""
+    def each_round(records, finished):
+        if json_path and not finished:
+            _write_record(json_path, data_of(records))
+
+    try:
+        return run_rounds(prepared, runs, listeners, scheduler, target_acc, each_round), None
+    except Stopped as e:
+        return e.records, e.error
+
+
+def _keep(data, json_path, no_save, label=""):
+    """Write --json and keep the record under the runs folder; returns that folder."""
+    if json_path:
+        _write_record(json_path, data)
+        print(f"  record written to {json_path}")
+    if no_save:
+        return None
+    kept = save_record(data, default_runs_dir())
+    print(f"  {label or 'record'} kept in {kept}")
+    return kept.parent
+
+
+def _finish(error, folder, n_finished):
+    """The exit status for how the runs ended (None: all ran)."""
+    if isinstance(error, KeyboardInterrupt):
+        print(f"interrupted after {n_finished} finished run(s)", file=sys.stderr)
+        return 130
+    if isinstance(error, Unexpected):
+        return _report_unexpected(error, folder)
+    if error:
+        raise error
+    return 0
 
 
 def _main(argv):
-    # Imported here so that `--help` and flag errors answer without loading torch.
-    from hlb.dist import joined
-    from hlb.records import default_runs_dir, save_record
-    from hlb.report import Table, summary_lines
-    from hlb.train import DIVERGED_LOSS
-    from hlb.runs import Stopped, resolve_device, train
-
     args = build_parser().parse_args(argv)
     recipe = override(get_recipe(args.recipe), args.set)
     if args.runs < 1:
@@ -207,133 +258,89 @@ def _main(argv):
         raise UsageError(f"--seed must not be negative, not {args.seed}")
     if args.target_acc is not None and not 0 < args.target_acc <= 1:
         raise UsageError(f"--target-acc is a fraction in (0, 1], not {args.target_acc}")
+    wall = time.perf_counter()
     device = resolve_device(args.device)
-    with joined(device) as session:       # None without torchrun
-        leader = session is None or session.leader
-        _check_json(args.json, session)
-        if leader:
+    with scheduler_for(device) as scheduler:
+        _check_json(args.json, scheduler)
+        if scheduler.leader:
             print(f"hlb-cifar10: recipe {recipe.name}, {args.runs} run(s) on {device}"
-                  f"{_spread(session)}", flush=True)
-        error = None
-        try:
-            if session is None:
-                record = train(recipe, runs=args.runs, device=device, seed=args.seed,
-                               data_dir=args.data_dir, listener=Table(),
-                               target_acc=args.target_acc)
-            else:
-                def each_round(partial):
-                    # The record on disk follows each round, so a failure keeps what finished.
-                    _write_record(args.json, _record_data(partial, argv, session))
-
-                record = session.train(recipe, args.runs, args.seed, args.data_dir,
-                                       Table() if leader else None, args.target_acc,
-                                       each_round if args.json else None)
-        except Stopped as e:
-            # Keep what finished: the summary and the record hold the completed runs.
-            record, error = e.record, e.error or KeyboardInterrupt()
-        if not leader:
-            return _follower_status(error)
+                  f"{_spread(scheduler)}", flush=True)
+        prepared = PreparedRecipe(recipe, scheduler.device,
+                                  scheduler.load_data(args.data_dir), args.seed, args.set)
+        (record,), error = _run([prepared], args.runs, [Table()], scheduler, args.json,
+                                lambda records: _record_data(records[0], argv, scheduler),
+                                args.target_acc)
+        if not scheduler.leader:
+            return 130 if isinstance(error, KeyboardInterrupt) else 0
+        record.wall_s = time.perf_counter() - wall
         print("\n".join(summary_lines(record)))
-        data = _record_data(record, argv, session)
-        if args.json:
-            _write_record(args.json, data)
-            print(f"  record written to {args.json}")
-        if not args.no_save:
-            print(f"  record kept in {save_record(data, default_runs_dir())}")
-        if isinstance(error, KeyboardInterrupt):
-            print(f"interrupted after {len(record.results)} finished run(s)", file=sys.stderr)
-            return 130
-        if error:
-            raise error
-        if record.summary.diverged:
+        folder = _keep(_record_data(record, argv, scheduler), args.json, args.no_save)
+        status = _finish(error, folder, len(record.results))
+        if status == 0 and record.summary.diverged:
             print(f"error: {record.summary.diverged} run(s) diverged (loss NaN, infinite or "
                   f"above {DIVERGED_LOSS:g} per image); try a lower lr", file=sys.stderr)
             return 1
-        return 0
+        return status
 
 
-def _compare_data(records, args, session):
-    from hlb.compare import compare, comparison_dict
-
+def _compare_data(records, argv, scheduler):
     comparison = compare(records[0].results, records[1].results)
-    arms = {"a": _record_data(records[0], shlex.split(args.a), session),
-            "b": _record_data(records[1], shlex.split(args.b), session)}
+    arms = {name: _record_data(record, argv, scheduler) for name, record in zip("ab", records)}
     return comparison, {"comparison": comparison_dict(comparison), **arms}
 
 
-def _compare(argv):
-    from hlb.compare import comparison_dict, comparison_lines, compare_records
-    from hlb.dist import joined
-    from hlb.records import default_runs_dir, save_record
-    from hlb.report import Table, summary_lines, write_json_atomic
-    from hlb.runs import Bench, Quiet, Stopped, load_data, resolve_device, run_benches
+def _compare_saved(args):
+    if len(args.records) != 2 or args.a or args.b:
+        raise UsageError("compare takes two records (A.json B.json) or --a/--b flags")
+    if args.json:
+        _check_writable(args.json)
+    comparison = compare_records(*args.records)
+    print("\n".join(comparison_lines(comparison)))
+    if args.json:
+        _write_record(args.json, {"comparison": comparison_dict(comparison),
+                                  "records": args.records})
+    return 0
 
+
+def _compare(argv):
     args = build_compare_parser().parse_args(argv)
     if args.records:
-        if len(args.records) != 2 or args.a or args.b:
-            raise UsageError("compare takes two records (A.json B.json) or --a/--b flags")
-        if args.json:
-            _check_writable(args.json)
-        comparison = compare_records(*args.records)
-        print("\n".join(comparison_lines(comparison)))
-        if args.json:
-            write_json_atomic(args.json, {"comparison": comparison_dict(comparison),
-                                          "records": args.records})
-        return 0
-
-    recipes = [_arm_recipe("A", args.a, args.recipe), _arm_recipe("B", args.b, args.recipe)]
+        return _compare_saved(args)
+    arms = [_arm_recipe("A", args.a, args.recipe), _arm_recipe("B", args.b, args.recipe)]
     if args.runs < 2:
         raise UsageError(f"--runs must be at least 2 to compare, not {args.runs}")
     if args.seed < 0:
         raise UsageError(f"--seed must not be negative, not {args.seed}")
+    wall = time.perf_counter()
     device = resolve_device(args.device)
-    with joined(device) as session:       # None without torchrun
-        leader = session is None or session.leader
-        _check_json(args.json, session)
-        if leader:
+    with scheduler_for(device) as scheduler:
+        _check_json(args.json, scheduler)
+        if scheduler.leader:
             print(f"hlb-cifar10 compare: A = {args.a or '(recipe as is)'}, B = "
                   f"{args.b or '(as is)'}; {args.runs} runs each, interleaved, seeds "
-                  f"{args.seed}..{args.seed + args.runs - 1}{_spread(session)}", flush=True)
-        cifar = session.load_data(args.data_dir) if session else load_data(args.data_dir)
-        benches = [Bench(r, session.device if session else device, cifar, args.seed)
-                   for r in recipes]
-        listeners = [Table(label="A"), Table(label="B")] if leader else [Quiet(), Quiet()]
-        interrupted, error = False, None
-        try:
-            if session is None:
-                records = run_benches(benches, args.runs, listeners)
-            else:
-                def each_round(partial):
-                    _write_record(args.json, _compare_data(partial, args, session)[1])
-
-                # Run i of both arms goes to the same rank, so the pairs stay paired.
-                records = session.run_benches(benches, args.runs, listeners,
-                                              on_round=each_round if args.json else None)
-        except Stopped as e:
-            records, interrupted, error = e.record, e.error is None, e.error
-            if error and (session is None or not leader):
-                raise error               # as before without torchrun: nothing is written
-        if not leader:
-            return _follower_status(KeyboardInterrupt() if interrupted else None)
+                  f"{args.seed}..{args.seed + args.runs - 1}{_spread(scheduler)}", flush=True)
+        cifar = scheduler.load_data(args.data_dir)
+        # Run i of both arms goes to the same process in the same round: the pairs stay paired.
+        prepared = [PreparedRecipe(recipe, scheduler.device, cifar, args.seed, overrides)
+                    for recipe, overrides in arms]
+        records, error = _run(prepared, args.runs, [Table(label="A"), Table(label="B")],
+                              scheduler, args.json,
+                              lambda records: _compare_data(records, argv, scheduler)[1])
+        if not scheduler.leader:
+            return 130 if isinstance(error, KeyboardInterrupt) else 0
         for name, record in zip("AB", records):
+            record.wall_s = time.perf_counter() - wall
             print(f"arm {name}: " + "\n".join(summary_lines(record)))
-        comparison, data = _compare_data(records, args, session)
+        comparison, data = _compare_data(records, argv, scheduler)
         print("\n".join(comparison_lines(comparison)))
         if args.json:
             _write_record(args.json, data)
             print(f"  record written to {args.json}")
-        if not args.no_save:
-            for name in ("a", "b"):
-                kept = save_record(data[name], default_runs_dir())
-                print(f"  arm {name.upper()} kept in {kept}")
-        if error:
-            raise error
-        return 130 if interrupted else 0
+        folders = [_keep(data[name], None, args.no_save, f"arm {name.upper()}") for name in "ab"]
+        return _finish(error, folders[0], min(len(r.results) for r in records))
 
 
 def _plot(argv):
-    from hlb.plot import plot_records
-
     p = _Parser(prog="python main.py plot",
                 description="Plot records: accuracy against time, final accuracies side by "
                             "side, loss curves (needs requirements-plot.txt).")
@@ -345,8 +352,6 @@ def _plot(argv):
 
 
 def _runs(argv):
-    from hlb.records import default_runs_dir, list_records, records_table
-
     p = _Parser(prog="python main.py runs", description="List the kept records, newest first.")
     p.add_argument("--dir", default=None, help="runs folder (default $HLB_RUNS_DIR or ./runs)")
     args = p.parse_args(argv)

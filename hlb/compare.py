@@ -1,9 +1,10 @@
 """Did my change help? Two sets of runs, A (before) and B (after), compared with statistics.
 
-Accuracy moves about 0.13 points from run to run, so one run of each proves nothing. When
-both arms ran the same seeds in the same order, runs pair up by seed and a paired t-test
-cancels what the seed alone decides; otherwise Welch's t-test compares the means. Diverged
-runs are left out (and counted); a broken pair is left out of the paired test.
+Accuracy moves about 0.1 points from run to run (std 0.11 for recipe 94 on an H100, n=50;
+see BENCHMARKS.md), so one run of each proves nothing. When both arms ran the same seeds in the
+same order, runs pair up by seed and a paired t-test cancels what the seed alone decides;
+otherwise Welch's t-test compares the means. Diverged runs are left out (and counted); a broken
+pair is left out of the paired test.
 """
 
 import math

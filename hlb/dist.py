@@ -1,16 +1,12 @@
-"""Running under torchrun: the runs spread over many processes (one GPU each), rank 0 reports.
+"""Running under torchrun: the process group (join, exchange, agree, close) and, when a worker
+is lost, the one line that says which and why.
 
     torchrun --nproc_per_node=8 main.py --runs 200 --json out.json
 
-Run i goes to rank i % world and keeps seed `seed + i`, so which runs exist and their seeds do
-not depend on the number of processes. The runs go in rounds of `world` (in round r, rank k
-runs r * world + k); after each round every rank gets every result, rank 0 prints the rows of
-the other ranks' runs in run order (so the output reads as one table) and hands the records
-to `on_round`, which the command line uses to rewrite the --json record: a failure loses at
-most the round in flight. Results travel as JSON text in uint8 tensors, never as pickles.
-
-Without torchrun (no WORLD_SIZE, RANK or LOCAL_RANK in the environment) `joined` yields None
-and nothing here runs.
+Which process runs which run is hlb.runs.TorchrunScheduler's; this module only lets the
+processes meet and talk. Results travel as JSON text in uint8 tensors, never as pickles.
+Without torchrun (none of WORLD_SIZE, RANK and LOCAL_RANK in the environment) `joined` yields
+None and nothing here runs.
 """
 
 import dataclasses
@@ -25,10 +21,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from hlb.errors import HlbError, UsageError
-from hlb.runs import Bench, Quiet, Stopped, close_records, load_data, out_of_memory_error
-from hlb.stats import summarize
-from hlb.train import EpochRow, RunResult
+from hlb.errors import AlreadyReported, HlbError, UsageError
 
 TIMEOUT_ENV = "HLB_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 300      # how long a rank waits for the others in one collective
@@ -43,14 +36,6 @@ class Terminated(BaseException):
 
 class _Lost(Exception):
     """A collective failed: another rank died, hung past the timeout, or the network broke."""
-
-
-def _error(text, exit_code=1, quiet=False):
-    """A one-line HlbError with this exit status. A quiet one is rank 0's to report: the other
-    ranks exit with its status and say nothing (hlb.cli.main checks `quiet`)."""
-    error = HlbError(text)
-    error.exit_code, error.quiet = exit_code, quiet
-    return error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,21 +80,21 @@ def timeout_s(environ=None):
 
 @contextmanager
 def joined(device):
-    """Join torchrun's process group for `device` ("cuda" or "cpu") and yield a Session;
+    """Join torchrun's process group for `device` ("cuda" or "cpu") and yield a Group;
     yield None when not under torchrun. A SIGTERM or a broken collective that escapes the
     block becomes a one-line HlbError (on rank 0) naming the rank that stopped, if it can."""
     world = world_from_env()
     if world is None:
         yield None
         return
-    session = Session(world, device, timeout_s())
+    group = Group(world, device, timeout_s())
     try:
-        session.start()
-        yield session
+        group.start()
+        yield group
     except (Terminated, _Lost) as e:
-        raise session.lost_error(e, "before the runs") from None
+        raise group.lost(e, "before the runs") from None
     finally:
-        session.close()
+        group.close()
 
 
 def _alive(pid):
@@ -138,11 +123,7 @@ def _short(e):
     return text.split(". ")[0].rstrip(".") or type(e).__name__
 
 
-def _to_result(data):
-    return RunResult(**{**data, "epochs": [EpochRow(**row) for row in data["epochs"]]})
-
-
-class Session:
+class Group:
     """This process's place among torchrun's workers: its rank, device and process group."""
 
     def __init__(self, world, device, timeout):
@@ -154,9 +135,9 @@ class Session:
         if device == "cuda":
             if world.local_rank >= torch.cuda.device_count():
                 # Not a UsageError: rank 0 may not share it, so this rank says it itself.
-                raise _error(f"LOCAL_RANK {world.local_rank} but only "
-                             f"{torch.cuda.device_count()} GPU(s) are visible here; start at "
-                             "most that many processes per machine (--nproc_per_node)", 2)
+                raise HlbError(f"LOCAL_RANK {world.local_rank} but only "
+                               f"{torch.cuda.device_count()} GPU(s) are visible here; start "
+                               "at most that many processes per machine (--nproc_per_node)", 2)
             self.device, self.backend = f"cuda:{world.local_rank}", "nccl"
         else:
             self.device, self.backend = "cpu", "gloo"
@@ -228,39 +209,8 @@ class Session:
         if not failed:
             return
         rank, (text, code) = failed[0]
-        raise _error(text if rank == 0 else f"rank {rank}: {text}", code, not self.leader)
-
-    def load_data(self, data_dir=None):
-        """CIFAR-10, prepared once: rank 0 loads (downloads, verifies, caches) while the others
-        wait; then the first rank of every other machine (a cache hit on a shared disk, its
-        own preparation on a local one); then the rest, from the cache."""
-        turn = 0 if self.leader else 1 if self.world.local_rank == 0 else 2
-        cifar = None
-        for phase in range(3):
-            error = None
-            if phase == turn:
-                try:
-                    cifar = load_data(data_dir)
-                except HlbError as e:
-                    error = e
-            self.agree(error)
-        return cifar
-
-    def train(self, recipe, runs, seed=0, data_dir=None, listener=None, target_acc=None,
-              on_round=None):
-        """hlb.runs.train spread over the ranks, for a Recipe: the Record of every run, on
-        every rank; `on_round(record)` as in run_benches."""
-        wall = time.perf_counter()
-        each_round = on_round and (lambda records: on_round(records[0]))
-        try:
-            bench = Bench(recipe, self.device, self.load_data(data_dir), seed)
-            record = self.run_benches([bench], runs, [listener or Quiet()], target_acc,
-                                      each_round)[0]
-        except Stopped as e:
-            e.record.wall_s = time.perf_counter() - wall
-            raise
-        record.wall_s = time.perf_counter() - wall
-        return record
+        text = text if rank == 0 else f"rank {rank}: {text}"
+        raise HlbError(text, code) if self.leader else AlreadyReported(text, code)
 
     def describe(self):
         """What a record keeps about the processes: run i ran on rank i % world_size."""
@@ -280,8 +230,11 @@ class Session:
                 return gone
             time.sleep(0.05)
 
-    def lost_error(self, e, when):
-        """One line for a worker that stopped: which rank, when, and why we noticed."""
+    def lost(self, e, when):
+        """One line for a worker that stopped (`e` a SIGTERM or a failed collective): which
+        rank, when, and why we noticed; None for any other exception."""
+        if not isinstance(e, (Terminated, _Lost)):
+            return None
         self.stopping = True
         gone = self._gone()
         remote = [p["rank"] for p in self.peers if p["host"] != socket.gethostname()]
@@ -296,74 +249,4 @@ class Session:
             why += f"; set {TIMEOUT_ENV} to wait longer than {self.timeout:g} s"
         text = (f"a worker stopped ({who}) {when} ({why}); finished runs gathered before are "
                 "kept; torchrun's report names the failed rank")
-        return _error(text, quiet=not self.leader)
-
-    def run_benches(self, benches, runs, listeners, target_acc=None, on_round=None):
-        """hlb.runs.run_benches spread over the ranks; every rank returns the records of all
-        runs gathered. Rank 0 prints through `listeners`; the others print nothing. After each
-        round `on_round(records)` runs on rank 0, with `stopped` saying the record is
-        unfinished. Ctrl-C, an out-of-memory on any rank, a worker that stops or a broken
-        collective raise Stopped with the runs of the finished rounds."""
-        wall = time.perf_counter()
-        size = self.world.size
-        listeners = listeners if self.leader else [Quiet()] * len(benches)
-        records = [dataclasses.replace(b.record, results=[], target_acc=target_acc)
-                   for b in benches]
-        first, error = 0, False
-        try:
-            for bench, listener in zip(benches, listeners):
-                bench.warmup(listener)
-            for first in range(0, runs, size):
-                payload = self._run_mine(benches, first + self.world.rank, runs, listeners,
-                                         target_acc)
-                payloads = self.exchange(payload)
-                self._take(records, payloads, first, runs, listeners, wall)
-                failed = [(rank, p["error"]) for rank, p in enumerate(payloads) if p["error"]]
-                if failed:
-                    rank, text = failed[0]
-                    raise HlbError(text if rank == 0 else f"rank {rank}: {text}")
-                if on_round and self.leader:
-                    gathered = min(first + size, runs)
-                    for record in records:
-                        record.stopped = f"unfinished: {gathered} of {runs} run(s) gathered"
-                    on_round(records)
-                    for record in records:
-                        record.stopped = None
-        except KeyboardInterrupt:
-            self.stopping = True
-            error = None
-        except HlbError as e:
-            error = e if self.leader else _error(str(e), e.exit_code, quiet=True)
-        except (Terminated, _Lost) as e:
-            error = self.lost_error(e, f"in round {first // size + 1} of {-(-runs // size)}")
-        return close_records(records, error, wall, target_acc)
-
-    def _run_mine(self, benches, i, runs, listeners, target_acc):
-        """This rank's run i of every bench, as JSON values (none past the last run)."""
-        done, error = [], None
-        if i < runs:
-            try:
-                for bench, listener in zip(benches, listeners):
-                    done.append(dataclasses.asdict(bench.run(i, runs, listener, target_acc)))
-            except torch.cuda.OutOfMemoryError as e:
-                done, error = [], str(out_of_memory_error(e, benches[0].recipe))
-        return {"results": done, "warmup_s": [b.record.warmup_s for b in benches],
-                "error": error}
-
-    def _take(self, records, payloads, first, runs, listeners, wall):
-        """Add the round's results to the records in run order; rank 0 prints the other
-        ranks' runs as if they had run here."""
-        for rank, payload in enumerate(payloads):
-            for j, (record, data) in enumerate(zip(records, payload["results"])):
-                result = _to_result(data)
-                if self.leader and rank != self.world.rank:
-                    listener = listeners[j]
-                    listener.run_started(first + rank, runs)
-                    for row in result.epochs:
-                        listener.epoch(row)
-                    listener.run_finished(result)
-                record.results.append(result)
-        for j, record in enumerate(records):
-            record.warmup_s = max(p["warmup_s"][j] for p in payloads)
-            record.summary = summarize(record.results)
-            record.wall_s = time.perf_counter() - wall
+        return HlbError(text) if self.leader else AlreadyReported(text)

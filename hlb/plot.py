@@ -1,6 +1,6 @@
 """One picture of one or more records: accuracy over time, final accuracies, losses.
 
-    python -m hlb.plot a.json b.json -o plot.png
+    python main.py plot a.json b.json -o plot.png
 
 Tooling beside the recipe: it reads the JSON records that `main.py --json` writes and never
 imports the training code. Needs matplotlib (requirements-plot.txt), imported only when called.
@@ -8,12 +8,12 @@ imports the training code. Needs matplotlib (requirements-plot.txt), imported on
 
 import math
 import random
-import sys
 from pathlib import Path
 
 from hlb.errors import HlbError, UsageError
 from hlb.files import write_atomic
-from hlb.records import read_record, set_overrides
+from hlb.records import number, overrides_of, read_record
+from hlb.stats import mean, std
 
 INSTALL_HINT = "plotting needs matplotlib: python -m pip install -r requirements-plot.txt"
 DPI = 120
@@ -34,19 +34,11 @@ def _matplotlib():
     return Figure, FigureCanvasAgg, Line2D
 
 
-def _num(value):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if ok else math.nan
-
-
 def _mean(values):
+    """The mean of the finite values (NaN when there are none): a null in a record is a
+    missing number, not a reason to lose the curve."""
     finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
-def _std(values):
-    m = _mean(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return mean(finite) if finite else math.nan
 
 
 class _Arm:
@@ -58,13 +50,13 @@ class _Arm:
         runs = record["runs"]
         self.finished = [r for r in runs if not r.get("diverged")]
         self.diverged = len(runs) - len(self.finished)
-        self.tta = [100 * _num(r.get("tta_acc")) for r in self.finished]
-        self.train_time = [_num(r.get("train_time_s")) for r in self.finished]
+        self.tta = [100 * number(r.get("tta_acc")) for r in self.finished]
+        self.train_time = [number(r.get("train_time_s")) for r in self.finished]
         self.curves = {}        # run number -> its epoch rows, in epoch order
         for row in record.get("epochs", []):
             self.curves.setdefault(row.get("run"), []).append(row)
         for rows in self.curves.values():
-            rows.sort(key=lambda row: _num(row.get("epoch")))
+            rows.sort(key=lambda row: number(row.get("epoch")))
         finished_runs = {r.get("run") for r in self.finished}
         # Means over finished runs only: a diverged run's last epochs would drag them down.
         self.mean_rows = {}     # epoch -> {key: mean over runs}
@@ -72,9 +64,9 @@ class _Arm:
         for run, rows in self.curves.items():
             if run in finished_runs:
                 for row in rows:
-                    by_epoch.setdefault(_num(row.get("epoch")), []).append(row)
+                    by_epoch.setdefault(number(row.get("epoch")), []).append(row)
         for epoch, rows in sorted(by_epoch.items()):
-            self.mean_rows[epoch] = {k: _mean([_num(r.get(k)) for r in rows])
+            self.mean_rows[epoch] = {k: _mean([number(r.get(k)) for r in rows])
                                      for k in ("val_acc", "time_s", "train_loss", "val_loss")}
 
     def base_label(self):
@@ -82,7 +74,7 @@ class _Arm:
         name = recipe.get("name") if isinstance(recipe, dict) else None
         if not name:
             return self.stem()
-        label = " ".join([str(name)] + set_overrides(self.record.get("argv")))
+        label = " ".join([str(name)] + overrides_of(self.record))
         return label if len(label) <= MAX_LABEL else label[:MAX_LABEL - 1] + "…"
 
     def stem(self):
@@ -108,8 +100,8 @@ def _labels(arms, labels):
 def _panel_accuracy(ax, arms, colors, Line2D):
     for arm, color in zip(arms, colors):
         for rows in arm.curves.values():
-            ax.plot([_num(r.get("time_s")) for r in rows],
-                    [100 * _num(r.get("val_acc")) for r in rows],
+            ax.plot([number(r.get("time_s")) for r in rows],
+                    [100 * number(r.get("val_acc")) for r in rows],
                     color=color, lw=0.8, alpha=0.45)
         means = list(arm.mean_rows.values())
         ax.plot([m["time_s"] for m in means], [100 * m["val_acc"] for m in means],
@@ -118,8 +110,8 @@ def _panel_accuracy(ax, arms, colors, Line2D):
         for run in arm.finished:
             rows = arm.curves.get(run.get("run"))
             if rows:
-                ax.plot([_num(rows[-1].get("time_s")), _num(run.get("train_time_s"))],
-                        [100 * _num(rows[-1].get("val_acc")), 100 * _num(run.get("tta_acc"))],
+                ax.plot([number(rows[-1].get("time_s")), number(run.get("train_time_s"))],
+                        [100 * number(rows[-1].get("val_acc")), 100 * number(run.get("tta_acc"))],
                         color=color, lw=0.8, ls=":", alpha=0.6)
         ax.scatter(arm.train_time, arm.tta, marker="*", s=120, color=color,
                    edgecolors="black", linewidths=0.6, zorder=3)
@@ -142,7 +134,7 @@ def _arm_stats(arm):
     accs = [a for a in arm.tta if math.isfinite(a)]
     if not accs:
         return ""
-    spread = f" ± {_std(accs):.2f} sd" if len(accs) > 1 else ""
+    spread = f" ± {std(accs):.2f} sd" if len(accs) > 1 else ""
     return f"\nmean {_mean(accs):.2f}%{spread}\nmean time {_seconds(_mean(arm.train_time))}"
 
 
@@ -160,8 +152,7 @@ def _panel_final(ax, arms, colors, names):
                 patch.set(facecolor=color, alpha=0.15, edgecolor=color)
         ax.scatter([pos + jitter.uniform(-0.13, 0.13) for _ in accs], accs, color=color,
                    s=40, alpha=0.85, edgecolors="black", linewidths=0.4, zorder=3)
-        mean = _mean(accs)
-        ax.scatter([pos], [mean], marker="D", s=60, color="white", edgecolors="black",
+        ax.scatter([pos], [mean(accs)], marker="D", s=60, color="white", edgecolors="black",
                    linewidths=1.2, zorder=4)
     # The numbers go under each arm, not beside it: many arms cannot overlap them there.
     ticks = [name.replace(" (", "\n(") + _arm_stats(arm) for name, arm in zip(names, arms)]
@@ -242,21 +233,3 @@ def _save_atomic(fig, out):
     except OSError as e:
         raise HlbError(f"could not write the plot {out} ({e.strerror or e})") from None
 
-
-def main(argv=None):
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m hlb.plot",
-                                description="Plot records written by main.py --json.")
-    p.add_argument("records", nargs="+", help="record files (JSON)")
-    p.add_argument("-o", "--out", default="plot.png", help="PNG to write (default plot.png)")
-    args = p.parse_args(argv)
-    try:
-        print(plot_records(args.records, args.out))
-    except HlbError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,10 @@
-"""Every hyperparameter of a training recipe, in one typed object with its unit.
+"""Every hyperparameter of a training recipe, in one typed object with its unit and its range.
 
-A recipe is a frozen dataclass. The named recipes live in RECIPES; the command line changes any
-field with `--set key=value` through `override`, which checks the key and the type.
+A recipe is a frozen dataclass. Each field is a `knob`: its default and the values it allows,
+declared together; building a Recipe (the named ones in RECIPES included) checks every field
+and the rules that tie fields together, and names the key, the value and what is allowed in a
+one-line UsageError. A new field is one line here: `name: type = knob(default, allowed)`.
+Text such as `--set key=value` is parsed on the command-line side (hlb.overrides).
 """
 
 import dataclasses
@@ -10,7 +13,71 @@ from dataclasses import dataclass
 
 from hlb.errors import UsageError
 
+IMAGE_SIDE = 32                  # CIFAR-10 images are 32 x 32 pixels
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _number(x):
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A number from `lo` to `hi`, finite; an `open` end is excluded (for `int` fields an
+    integer)."""
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def allows(self, value):
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        # Bounds first: math.isfinite cannot take an int too large for a float.
+        return above and below and math.isfinite(value)
+
+    def describe(self, kind):
+        if kind is int:
+            return f"an integer from {self.lo} to {self.hi}"
+        return (f"a number in {'(' if self.lo_open else '['}{_number(self.lo)}, "
+                f"{_number(self.hi)}{')' if self.hi_open else ']'}")
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few values."""
+    choices: tuple
+
+    def allows(self, value):
+        return value in self.choices
+
+    def describe(self, kind):
+        if kind is bool:
+            return "true or false"
+        return "one of " + ", ".join(str(c) for c in self.choices)
+
+
+@dataclass(frozen=True)
+class Ints:
+    """`count` integers, each from `lo` to `hi` (written "64,256,256" on the command line)."""
+    count: int
+    lo: int
+    hi: int
+
+    def allows(self, value):
+        return len(value) == self.count and all(self.lo <= v <= self.hi for v in value)
+
+    def describe(self, kind):
+        return f"{self.count} comma-separated integers from {self.lo} to {self.hi}"
+
+
+FLAG = OneOf((True, False))
+
+
+def knob(default, allowed):
+    """A Recipe field: its default and the values it allows (Span, OneOf or Ints)."""
+    return dataclasses.field(default=default, metadata={"allowed": allowed})
 
 
 @dataclass(frozen=True)
@@ -18,65 +85,87 @@ class Recipe:
     name: str
 
     # Data
-    train_images: int = 50_000       # training images used, taken from the start of the set
-    test_images: int = 10_000        # test images evaluated, taken from the start of the set
-    batch_size: int = 1024           # images per optimizer step (a partial last batch is dropped)
-    epochs: float = 9.9              # passes over the training images; fractions stop mid-epoch
-    flip: str = "alternate"          # "alternate" (each image flips every other epoch), "random",
-                                     # or "none"
-    translate: int = 2               # pixels of random shift, reflect-padded
-    cutout: int = 0                  # pixels per side of one zeroed square per training image,
-                                     # new random position each batch; 0 turns it off
+    train_images: int = knob(50_000, Span(1, CIFAR_TRAIN))  # used, from the start of the set
+    test_images: int = knob(10_000, Span(1, CIFAR_TEST))    # evaluated, from the start
+    batch_size: int = knob(1024, Span(1, CIFAR_TRAIN))  # images per optimizer step (a partial
+                                     # last batch is dropped)
+    epochs: float = knob(9.9, Span(0, 1000, lo_open=True))  # passes over the training
+                                     # images; fractions stop mid-epoch
+    flip: str = knob("alternate", OneOf(("alternate", "random", "none")))  # "alternate": each
+                                     # image flips every other epoch
+    translate: int = knob(2, Span(0, IMAGE_SIDE - 1))  # pixels of random shift, reflect-padded
+                                     # (reflect padding must be narrower than the image)
+    cutout: int = knob(0, Span(0, IMAGE_SIDE))  # pixels per side of one zeroed square per
+                                     # training image, new random position each batch; 0 is off
 
     # Network
-    widths: tuple = (64, 256, 256)   # channels of the three conv groups
-    convs_per_group: int = 2         # 3 adds a conv and a residual around each group's last two
-    whiten_kernel: int = 2           # pixels per side of the frozen whitening patches
-    whiten_eps: float = 5e-4         # added to patch-covariance eigenvalues before 1/sqrt
-    whiten_init_images: int = 5000   # training images whose patches estimate the covariance
-    bn_momentum: float = 0.4         # PyTorch convention: weight of the new batch in running stats
-    bn_eps: float = 1e-12
-    logit_scale: float = 1 / 9       # multiplies the head's output; keeps early logits small
+    widths: tuple = knob((64, 256, 256), Ints(3, 1, 4096))  # channels of the three conv groups
+    convs_per_group: int = knob(2, OneOf((2, 3)))  # 3 adds a conv and a residual around each
+                                     # group's last two
+    whiten_kernel: int = knob(2, Span(1, IMAGE_SIDE - 7))  # pixels per side of the frozen
+                                     # whitening patches (the three 2x pools need 8 left)
+    whiten_eps: float = knob(5e-4, Span(1e-12, 1e6))  # added to patch-covariance eigenvalues
+                                     # before 1/sqrt
+    whiten_init_images: int = knob(5000, Span(1, CIFAR_TRAIN))  # training images whose
+                                     # patches estimate the covariance
+    bn_momentum: float = knob(0.4, Span(0, 1, lo_open=True))  # PyTorch convention: weight of
+                                     # the new batch in running stats
+    bn_eps: float = knob(1e-12, Span(1e-12, 1))
+    logit_scale: float = knob(1 / 9, Span(1e-6, 1e3))  # multiplies the head's output; keeps
+                                     # early logits small
 
     # Optimizer and schedule (decoupled form: lr and weight decay do not move with momentum)
-    lr: float = 11.5                 # per 1024 examples, on a summed loss
-    momentum: float = 0.85           # Nesterov
-    weight_decay: float = 0.0153     # per 1024 examples, decoupled from the learning rate
-    bias_lr_scale: float = 64.0      # BatchNorm biases learn this many times faster
-    whiten_bias_lr_scale: float = 1.0  # the whitening bias learns this many times faster
-    label_smoothing: float = 0.2
-    warmup_frac: float = 0.23        # fraction of steps spent warming up the learning rate
-    lr_start: float = 0.2            # learning rate multiplier at step 0
-    lr_end: float = 0.07             # learning rate multiplier at the last step
-    whiten_bias_epochs: float = 3.0   # epochs the whitening bias trains before it is frozen
-    whiten_bias_own_schedule: bool = False  # the whitening bias runs the schedule's shape over
-                                     # its own training steps (ending at the freeze), not the run's
-    lookahead_every: int = 5         # steps between Lookahead pulls; 0 turns Lookahead off
-    lookahead_decay: float = 0.95    # per step; the pull's weight also grows as (step/total)^3
+    lr: float = knob(11.5, Span(1e-6, 1e12))  # per 1024 examples, on a summed loss
+    momentum: float = knob(0.85, Span(0, 1, hi_open=True))  # Nesterov
+    weight_decay: float = knob(0.0153, Span(0, 1e3))  # per 1024 examples, decoupled from lr
+    bias_lr_scale: float = knob(64.0, Span(1e-6, 1e6))  # BatchNorm biases learn this many
+                                     # times faster
+    whiten_bias_lr_scale: float = knob(1.0, Span(1e-6, 1e6))  # the whitening bias learns this
+                                     # many times faster
+    label_smoothing: float = knob(0.2, Span(0, 1))
+    warmup_frac: float = knob(0.23, Span(0, 1, hi_open=True))  # fraction of steps spent
+                                     # warming up the learning rate
+    lr_start: float = knob(0.2, Span(0, 100))  # learning rate multiplier at step 0
+    lr_end: float = knob(0.07, Span(0, 100))   # learning rate multiplier at the last step
+    whiten_bias_epochs: float = knob(3.0, Span(0, 1000))  # epochs the whitening bias trains
+                                     # before it is frozen
+    whiten_bias_own_schedule: bool = knob(False, FLAG)  # the whitening bias runs the
+                                     # schedule's shape over its own training steps (ending at
+                                     # the freeze), not the run's
+    lookahead_every: int = knob(5, Span(0, 10_000))  # steps between Lookahead pulls; 0 is off
+    lookahead_decay: float = knob(0.95, Span(0, 1))  # per step; the pull's weight also grows
+                                     # as (step/total)^3
 
-    optimizer: str = "sgd"           # "sgd", or "muon": Muon for the 3x3 conv filters and SGD
-                                     # (above) for biases and the head
-    muon_lr: float = 0.24            # Muon step, relative to filters held at norm sqrt(out)
-    muon_momentum: float = 0.6       # Nesterov, for Muon
-    muon_ns_steps: int = 3           # Newton-Schulz iterations per Muon step
+    optimizer: str = knob("sgd", OneOf(("sgd", "muon")))  # "muon": Muon for the 3x3 conv
+                                     # filters and SGD (above) for biases and the head
+    muon_lr: float = knob(0.24, Span(1e-6, 100))  # Muon step, relative to filters held at
+                                     # norm sqrt(out)
+    muon_momentum: float = knob(0.6, Span(0, 1, hi_open=True))  # Nesterov, for Muon
+    muon_ns_steps: int = knob(3, Span(1, 100))  # Newton-Schulz iterations per Muon step
 
     # Evaluation
-    tta_level: int = 2               # 0 plain, 1 + mirror, 2 + mirror and 1-pixel translates
-    tta_fraction: float = 1.0        # share of test images given those views: the least
-                                     # confident under the plain view (the rest stay plain)
-    tta_mirror_weight: float = 0.5   # share of each view's weight that goes to its mirror image
-    tta_shifted_weight: float = 0.5  # level 2: the two 1-pixel diagonal shifts' weight (half
-                                     # each); the unshifted image and its mirror keep the rest
-    eval_batch_size: int = 2000      # images per evaluation forward pass
+    tta_level: int = knob(2, OneOf((0, 1, 2)))  # 0 plain, 1 + mirror, 2 + mirror and 1-pixel
+                                     # translates
+    tta_fraction: float = knob(1.0, Span(0, 1, lo_open=True))  # share of test images given
+                                     # those views: the least confident under the plain view
+    tta_mirror_weight: float = knob(0.5, Span(0, 1))  # share of each view's weight that goes
+                                     # to its mirror image
+    tta_shifted_weight: float = knob(0.5, Span(0, 1))  # level 2: weight of the two 1-pixel
+                                     # diagonal shifts (half each); the unshifted pair keeps
+                                     # the rest
+    eval_batch_size: int = knob(2000, Span(1, 100_000))  # images per evaluation forward pass
 
     # Execution (GPU only; the CPU always runs fp32 without compile)
-    precision: str = "fp16"          # weights and activations: "fp16", "bf16" or "fp32";
+    precision: str = knob("fp16", OneOf(("fp16", "bf16", "fp32")))  # weights and activations;
                                      # BatchNorm is kept in fp32
-    channels_last: bool = True
-    compile: bool = False            # torch.compile the network and Muon's Newton-Schulz step
-                                     # (compile time is reported apart, as the warm-up)
-    compile_mode: str = "default"    # torch.compile mode: "default", "reduce-overhead" (CUDA
-                                     # graphs), "max-autotune", "max-autotune-no-cudagraphs"
+    channels_last: bool = knob(True, FLAG)
+    compile: bool = knob(False, FLAG)  # torch.compile the network and Muon's Newton-Schulz
+                                     # step (compile time is reported apart, as the warm-up)
+    compile_mode: str = knob("default", OneOf(COMPILE_MODES))  # "reduce-overhead" is CUDA
+                                     # graphs
+
+    def __post_init__(self):
+        validate(self)
 
     def steps_per_epoch(self):
         return self.train_images // self.batch_size
@@ -90,6 +179,55 @@ class Recipe:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+def _typed(kind, value):
+    """`value` as a `kind` field holds it, or None when it is of another type (an int is
+    taken for a float; a bool is never a number)."""
+    if isinstance(value, bool) != (kind is bool):
+        return None
+    if kind is float and isinstance(value, int):
+        return float(value)
+    if kind is tuple:
+        ok = isinstance(value, tuple) and all(type(v) is int for v in value)
+        return value if ok else None
+    return value if isinstance(value, kind) else None
+
+
+def _shown(value):
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _links(r):
+    """Rules that tie fields together: (key, whether it holds, what is allowed)."""
+    return [
+        ("batch_size", r.batch_size <= r.train_images,
+         f"at most train_images ({r.train_images})"),
+        ("whiten_init_images", r.whiten_init_images <= r.train_images,
+         f"at most train_images ({r.train_images})"),
+    ]
+
+
+def validate(recipe):
+    """Raise one UsageError naming every value outside its field's range (then the rules
+    between fields); fields declared `float` and given an int are stored as floats."""
+    problems = []
+    for f in dataclasses.fields(recipe):
+        allowed = f.metadata.get("allowed")
+        if allowed is None:
+            continue
+        value = getattr(recipe, f.name)
+        typed = _typed(f.type, value)
+        if typed is None or not allowed.allows(typed):
+            problems.append(f"{f.name}={_shown(value)}: expected {allowed.describe(f.type)}")
+        elif typed is not value:
+            object.__setattr__(recipe, f.name, typed)      # frozen: the one way to store it
+    if not problems:
+        problems = [f"{key}={getattr(recipe, key)!r}: expected {allowed}"
+                    for key, holds, allowed in _links(recipe) if not holds]
+    if problems:
+        raise UsageError(f"recipe {recipe.name!r}: " + "; ".join(problems))
 
 
 RECIPES = {
@@ -153,92 +291,3 @@ def get_recipe(name):
     if name not in RECIPES:
         raise UsageError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
     return RECIPES[name]
-
-
-def _parse_value(key, text, kind, current):
-    try:
-        if kind is bool:
-            lowered = text.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind is tuple:
-            values = tuple(int(v) for v in text.split(","))
-            if len(values) != len(current):
-                raise ValueError
-            return values
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        return text
-    except ValueError:
-        if kind is tuple:
-            example = ",".join(str(v) for v in current)
-            wanted = f"{len(current)} comma-separated integers (like {example})"
-        else:
-            wanted = {bool: "true or false", int: "an integer", float: "a number"}[kind]
-        raise UsageError(f"--set {key}={text}: expected {wanted}") from None
-
-
-def _validate(recipe):
-    problems = []
-    positive = ["train_images", "test_images", "batch_size", "eval_batch_size",
-                "whiten_init_images", "whiten_kernel"]
-    problems += [f"{k} must be positive" for k in positive if getattr(recipe, k) <= 0]
-    if recipe.epochs <= 0:
-        problems.append("epochs must be positive")
-    if recipe.batch_size > recipe.train_images:
-        problems.append("batch_size must not exceed train_images")
-    if recipe.train_images > 50_000 or recipe.test_images > 10_000:
-        problems.append("CIFAR-10 has 50000 training and 10000 test images")
-    if recipe.optimizer not in ("sgd", "muon"):
-        problems.append("optimizer must be sgd or muon")
-    if recipe.muon_ns_steps < 1:
-        problems.append("muon_ns_steps must be at least 1")
-    if recipe.precision not in ("fp16", "bf16", "fp32"):
-        problems.append("precision must be fp16, bf16 or fp32")
-    if recipe.compile_mode not in COMPILE_MODES:
-        problems.append("compile_mode must be one of " + ", ".join(COMPILE_MODES))
-    if recipe.flip not in ("alternate", "random", "none"):
-        problems.append("flip must be alternate, random or none")
-    if recipe.tta_level not in (0, 1, 2):
-        problems.append("tta_level must be 0, 1 or 2")
-    if not 0 < recipe.tta_fraction <= 1:
-        problems.append("tta_fraction must be in (0, 1]")
-    if recipe.translate < 0 or recipe.lookahead_every < 0:
-        problems.append("translate and lookahead_every must not be negative")
-    if not 0 <= recipe.momentum < 1:
-        problems.append("momentum must be in [0, 1)")
-    if not 0 < recipe.bn_momentum <= 1:
-        problems.append("bn_momentum must be in (0, 1]")
-    if not 0 <= recipe.warmup_frac < 1:
-        problems.append("warmup_frac must be in [0, 1)")
-    if not 0 <= recipe.cutout <= 32:
-        problems.append("cutout must be between 0 and 32 pixels (the image side)")
-    if recipe.convs_per_group not in (2, 3):
-        problems.append("convs_per_group must be 2 or 3")
-    if any(w <= 0 for w in recipe.widths):
-        problems.append("widths must be positive")
-    if problems:
-        raise UsageError(f"recipe {recipe.name!r}: " + "; ".join(problems))
-    return recipe
-
-
-def override(recipe, assignments):
-    """Return `recipe` with each "key=value" applied, type-checked against the field."""
-    fields = {f.name: f.type for f in dataclasses.fields(Recipe) if f.name != "name"}
-    changes = {}
-    for item in assignments:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise UsageError(f"--set {item}: expected key=value")
-        if key not in fields:
-            raise UsageError(f"--set {item}: unknown key {key!r}; valid keys: "
-                             + ", ".join(sorted(fields)))
-        changes[key] = _parse_value(key, text, fields[key], getattr(recipe, key))
-    return _validate(dataclasses.replace(recipe, **changes))
-

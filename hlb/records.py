@@ -5,8 +5,7 @@
 A record is the dict that `main.py --json` writes (hlb.report.record_dict). The folder name
 starts with the save time so `ls` sorts it; the short hash of the JSON text keeps two saves in
 the same second apart (two identical records share a folder, which loses nothing).
-
-    python -m hlb.records [RUNS_DIR]     # prints the table, newest first
+`python main.py runs` prints the table, newest first.
 """
 
 import hashlib
@@ -14,7 +13,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -86,10 +84,13 @@ def read_record(path):
     return record
 
 
-def set_overrides(argv):
-    """The `--set key=value` values in a command line, in order ([] when argv is None)."""
+def overrides_of(record):
+    """The record's `--set key=value` texts, in order: its "overrides", or for a record
+    written before they were kept, the ones in its "argv"."""
+    if isinstance(record.get("overrides"), list):
+        return [str(item) for item in record["overrides"]]
     found = []
-    args = list(argv or [])
+    args = record.get("argv") if isinstance(record.get("argv"), list) else []
     for i, arg in enumerate(args):
         if arg == "--set" and i + 1 < len(args):
             found.append(str(args[i + 1]))
@@ -98,9 +99,11 @@ def set_overrides(argv):
     return found
 
 
-def _number(value):
-    # Records write NaN as null; a missing mean reads back as NaN, never as a crash.
-    return float(value) if isinstance(value, (int, float)) else math.nan
+def number(value):
+    """A number read from a record: NaN for null (records write NaN so), a missing value or
+    anything that is not a number, never a crash."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else math.nan
 
 
 def _parse_date(text):
@@ -121,9 +124,9 @@ def _row(path, record):
         "recipe": str(recipe.get("name") or "?"),
         "n": summary.get("n", len(record["runs"])),
         "diverged": summary.get("diverged", 0),
-        "acc_mean": _number(summary.get("acc_mean")),
-        "time_mean": _number(summary.get("time_mean")),
-        "overrides": set_overrides(record.get("argv")),
+        "acc_mean": number(summary.get("acc_mean")),
+        "time_mean": number(summary.get("time_mean")),
+        "overrides": overrides_of(record),
         "device": record.get("device") or "",
         "gpu": env.get("gpu") or "",
         "error": None,
@@ -188,13 +191,3 @@ def records_table(rows, runs_dir=None):
     rule = line(["-" * w for w in widths] + ["-" * len(header[-1])])
     return [line(header), rule] + [line(c) for c in body]
 
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    runs_dir = Path(argv[0]) if argv else default_runs_dir()
-    print("\n".join(records_table(list_records(runs_dir), runs_dir)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

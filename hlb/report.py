@@ -33,7 +33,30 @@ def format_row(values):
     return "| " + " | ".join(_cell(values.get(name), w) for name, w in COLUMNS) + " |"
 
 
-class Table:
+class Listener:
+    """What a runner tells about its progress (hlb.runs.run_rounds); each method does
+    nothing here, so a listener overrides only what it shows."""
+
+    def warmup_started(self):
+        pass
+
+    def warmup_finished(self, seconds):
+        pass
+
+    def run_started(self, run, runs):
+        pass
+
+    def step(self, run, epoch, step, total):
+        pass
+
+    def epoch(self, row):
+        pass
+
+    def run_finished(self, result):
+        pass
+
+
+class Table(Listener):
     """Prints one row per epoch and a TTA row per run.
 
     On a terminal, a status line (run, step, steps per second) is redrawn in place while an
@@ -98,7 +121,8 @@ class Table:
 
     def run_finished(self, result):
         if result.diverged:
-            self._write(f"| run {result.run} diverged (loss became NaN or infinite) after "
+            # The limit is hlb.train.DIVERGED_LOSS; the command line's last line names it.
+            self._write(f"| run {result.run} diverged (loss NaN, infinite or too large) after "
                         f"{result.train_time_s:.2f} s; it is left out of the averages")
             return
         line = format_row({"run": result.run if self._first_row_of_run else None,
@@ -181,6 +205,7 @@ def record_dict(record, argv=None):
     return jsonable({
         "format": "hlb-cifar10 record v1",
         "argv": argv,
+        "overrides": list(record.overrides),      # the "key=value" texts, as given
         "recipe": record.recipe.to_dict(),
         "device": record.device,
         "environment": environment(),

@@ -61,16 +61,21 @@ def t_cdf(t, df):
     return 1 - tail if t > 0 else tail
 
 
-def t_quantile(p, df):
-    """The t with P(T <= t) = p, by bisection (monotone, so it always converges)."""
-    lo, hi = -1e4, 1e4
+def _invert(cdf, p, lo, hi):
+    """The x in [lo, hi] with cdf(x) = p, by bisection (a cdf is monotone, so it always
+    converges)."""
     for _ in range(200):
         mid = (lo + hi) / 2
-        if t_cdf(mid, df) < p:
+        if cdf(mid) < p:
             lo = mid
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+def t_quantile(p, df):
+    """The t with P(T <= t) = p."""
+    return _invert(lambda t: t_cdf(t, df), p, -1e4, 1e4)
 
 
 def confidence_interval(xs, level=0.95):
@@ -146,19 +151,12 @@ def normal_cdf(x):
 
 
 def normal_quantile(p):
-    """The z with P(Z <= z) = p for a standard normal Z, by bisection on normal_cdf."""
+    """The z with P(Z <= z) = p for a standard normal Z."""
     if p <= 0:
         return -math.inf
     if p >= 1:
         return math.inf
-    lo, hi = -40.0, 40.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if normal_cdf(mid) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    return _invert(normal_cdf, p, -40.0, 40.0)
 
 
 @dataclass

@@ -26,7 +26,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hlb.errors import HlbError  # noqa: E402
-from hlb.runs import Bench, Quiet, load_data, prepare  # noqa: E402
+from hlb.report import Listener  # noqa: E402
+from hlb.runs import PreparedRecipe, load_data, prepare  # noqa: E402
 from hlb.train import train_run  # noqa: E402
 
 # Kernel name fragments by kind, first match wins; a rough split, by name only.
@@ -141,11 +142,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         recipe, device = prepare(args.recipe, 1, args.device, args.set)
-        bench = Bench(recipe, device, load_data(args.data_dir), seed=0)
+        bench = PreparedRecipe(recipe, device, load_data(args.data_dir), seed=0)
     except HlbError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    bench.warmup(Quiet())
+    bench.warmup(Listener())
     result, wall, prof = profile_call(
         lambda: train_run(recipe, bench.data, bench.net, device, seed=1,
                           forward=bench.forward), bench.cuda)

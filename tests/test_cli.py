@@ -74,6 +74,7 @@ def test_a_run_end_to_end_writes_table_summary_and_record(cifar_dir, tmp_path):
     record = json.loads(out.read_text())
     assert [r["seed"] for r in record["runs"]] == [3, 4]
     assert record["recipe"]["train_images"] == 400 and record["recipe"]["epochs"] == 1.0
+    assert record["overrides"] == TINY[1::2]                 # as given, in order
     assert record["summary"]["n"] == 2 and len(record["epochs"]) == 2
     assert len(record["data_fingerprint"]) >= 8
     assert record["environment"]["torch"]

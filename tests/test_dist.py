@@ -22,9 +22,11 @@ import torch
 
 import hlb.runs
 from conftest import synthetic_cifar
-from hlb.dist import World, _alive, _short, joined, timeout_s, world_from_env
+from hlb.dist import World, _alive, _short, timeout_s, world_from_env
 from hlb.errors import UsageError
-from hlb.recipes import get_recipe, override
+from hlb.overrides import override
+from hlb.recipes import get_recipe
+from hlb.report import Listener
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--recipe", "smoke", "--device", "cpu", "--set", "train_images=256",
@@ -259,15 +261,17 @@ def test_a_failing_rank_stops_the_rounds_and_keeps_what_was_gathered(monkeypatch
     monkeypatch.setattr(hlb.runs, "train_run", train_run)
     recipe = override(get_recipe("smoke"), TINY[4:][1::2])
     seen = []
-    with joined("cpu") as session:
-        bench = hlb.runs.Bench(recipe, session.device, synthetic_cifar(256, 128), seed=5)
+    with hlb.runs.scheduler_for("cpu") as scheduler:
+        assert isinstance(scheduler, hlb.runs.TorchrunScheduler)
+        prepared = hlb.runs.PreparedRecipe(recipe, scheduler.device,
+                                           synthetic_cifar(256, 128), seed=5)
         with pytest.raises(hlb.runs.Stopped) as stopped:
-            session.run_benches([bench], 4, [hlb.runs.Quiet()],
-                                on_round=lambda records: seen.append(
+            hlb.runs.run_rounds([prepared], 4, [Listener()], scheduler,
+                                on_round=lambda records, finished: seen.append(
                                     (len(records[0].results), records[0].stopped)))
     assert seen == [(1, "unfinished: 1 of 4 run(s) gathered"),
                     (2, "unfinished: 2 of 4 run(s) gathered")]
-    record = stopped.value.record
+    record, = stopped.value.records
     assert [r.seed for r in record.results] == [5, 6] and record.summary.n == 2
     assert "Tried to allocate 1.00 GiB" in str(stopped.value.error)
     assert record.stopped.startswith("out of GPU memory")

@@ -39,6 +39,8 @@ def test_compare_runs_both_arms_interleaved_with_the_same_seeds(tmp_path, runs_d
     assert [r["seed"] for r in record["a"]["runs"]] == [7, 8, 9]
     assert [r["seed"] for r in record["b"]["runs"]] == [7, 8, 9]
     assert record["a"]["recipe"]["lr"] == 8.0 and record["b"]["recipe"]["lr"] == 4.0
+    assert record["a"]["overrides"] == TINY[1::2]
+    assert record["b"]["overrides"] == TINY[1::2] + ["lr=4"]
     assert record["comparison"]["test"] == "paired"
 
 

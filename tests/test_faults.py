@@ -168,3 +168,57 @@ def test_two_invocations_share_a_fresh_data_dir(cifar_dir, tmp_path):
     # One cache, built once, and no temporary file left behind.
     assert sorted(p.name for p in data.iterdir()) == [".hlb.lock", "cifar-10-batches-py",
                                                       "cifar10_uint8.pt"]
+
+
+def _fail_run_1(monkeypatch):
+    real_train_run = hlb.runs.train_run
+
+    def train_run(*args, run=0, **kwargs):
+        if run == 1:
+            raise RuntimeError("injected fault")
+        return real_train_run(*args, run=run, **kwargs)
+
+    monkeypatch.setattr(hlb.runs, "train_run", train_run)
+
+
+def test_an_unexpected_error_is_one_line_keeps_the_runs_and_saves_the_traceback(
+        synthetic_data, monkeypatch, tmp_path, runs_dir, capsys):
+    _fail_run_1(monkeypatch)
+    out = tmp_path / "r.json"
+    status = main([*TINY, "--runs", "3", "--json", str(out)])
+    line = _one_line(capsys.readouterr().err)
+    assert status == 1
+    assert "unexpected RuntimeError (injected fault)" in line and "HLB_DEBUG=1" in line
+    record = json.loads(out.read_text())
+    assert [r["run"] for r in record["runs"]] == [0] and record["summary"]["n"] == 1
+    assert record["stopped"].startswith("unexpected RuntimeError")
+    saved = line.split("the traceback is in ")[1].split(";")[0]
+    kept, = runs_dir.glob("*/record.json")
+    assert Path(saved).parent == kept.parent          # beside the kept record
+    text = Path(saved).read_text()
+    assert text.startswith("Traceback") and "injected fault" in text and "train_run" in text
+
+
+def test_hlb_debug_shows_the_raw_traceback(synthetic_data, monkeypatch, tmp_path, capsys):
+    _fail_run_1(monkeypatch)
+    monkeypatch.setenv("HLB_DEBUG", "1")
+    out = tmp_path / "r.json"
+    assert main([*TINY, "--runs", "2", "--json", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and "RuntimeError: injected fault" in err
+    assert len(json.loads(out.read_text())["runs"]) == 1
+
+
+def test_an_unexpected_error_before_the_runs_is_one_line_too(monkeypatch, runs_dir, capsys):
+    def broken(*args, **kwargs):
+        raise ValueError("no such thing\nsecond line")
+
+    monkeypatch.setattr(hlb.runs, "load_cifar10", broken)
+    assert main(TINY) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "unexpected ValueError (no such thing)" in line
+    saved, = runs_dir.glob("traceback-*.txt")
+    assert str(saved) in line and "second line" in saved.read_text()
+    monkeypatch.setenv("HLB_DEBUG", "1")
+    with pytest.raises(ValueError, match="no such thing"):
+        main(TINY)

@@ -5,7 +5,8 @@ import torch
 
 from hlb.model import (ConvBeforePool, DiracConv, ResidualConvGroup, init_whitening, make_net,
                        patches, whitening_weights)
-from hlb.recipes import RECIPES, override
+from hlb.overrides import override
+from hlb.recipes import RECIPES
 
 
 def test_output_shape_and_parameter_count():

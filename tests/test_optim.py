@@ -6,7 +6,8 @@ from hlb.model import make_net
 from hlb.optim import (Lookahead, Muon, lr_multiplier, make_optimizers, newton_schulz,
                        compiled_orthogonalize_all, orthogonalize_all, set_learning_rates,
                        sgd_settings)
-from hlb.recipes import RECIPES, override
+from hlb.overrides import override
+from hlb.recipes import RECIPES
 from hlb.runs import run_recipe
 
 

@@ -24,8 +24,7 @@ def two_records(tmp_path):
     a = _write(tmp_path / "before.json", make_record(accs=(0.50, 0.53, 0.55),
                                                       times=(20.0, 21.0, 22.0)))
     b = _write(tmp_path / "after.json", make_record(
-        accs=(0.58, 0.60, 0.61), times=(15.0, 16.0, 15.5),
-        argv=["--recipe", "smoke", "--set", "lr=4"]))
+        accs=(0.58, 0.60, 0.61), times=(15.0, 16.0, 15.5), overrides=["lr=4"]))
     return a, b
 
 
@@ -78,8 +77,10 @@ def test_labels_name_the_recipe_its_overrides_and_the_file_when_ambiguous(tmp_pa
     same_a = plot._Arm(make_record(), tmp_path / "a.json")
     same_b = plot._Arm(make_record(accs=(0.5, 0.6, 0.7), times=(9, 9, 9), diverged=(2,)),
                        tmp_path / "runs" / "20250101-000000-smoke-12345678" / "record.json")
-    other = plot._Arm(make_record(argv=["--set", "lr=4"]), tmp_path / "b.json")
-    assert plot._labels([same_a, other], None) == ["smoke (n=2)", "smoke lr=4 (n=2)"]
+    other = plot._Arm(make_record(overrides=["lr=4"]), tmp_path / "b.json")
+    old = plot._Arm(make_record(argv=["--set", "lr=2"]), tmp_path / "c.json")   # argv only
+    assert plot._labels([same_a, other, old], None) == ["smoke (n=2)", "smoke lr=4 (n=2)",
+                                                        "smoke lr=2 (n=2)"]
     assert plot._labels([same_a, same_b], None) == [
         "smoke [a] (n=2)", "smoke [20250101-000000-smoke-12345678] (n=2, 1 diverged)"]
     assert plot._labels([same_a], ["baseline"]) == ["baseline (n=2)"]
@@ -132,8 +133,9 @@ def test_a_failed_write_leaves_no_temporary_file(two_records, tmp_path, monkeypa
 
 
 def test_command_line_writes_the_plot(two_records, tmp_path, capsys):
+    from hlb.cli import main
     out = tmp_path / "cli.png"
-    assert plot.main([str(p) for p in two_records] + ["-o", str(out)]) == 0
+    assert main(["plot", *[str(p) for p in two_records], "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC
-    assert plot.main([str(tmp_path / "nope.json"), "-o", str(out)]) == 1
+    assert main(["plot", str(tmp_path / "nope.json"), "-o", str(out)]) == 1
     assert "error: no record at" in capsys.readouterr().err

@@ -6,7 +6,8 @@ from conftest import synthetic_cifar
 from hlb.errors import UsageError
 from hlb.optim import lr_multiplier
 from hlb.optim import sgd_settings
-from hlb.recipes import RECIPES, Recipe, get_recipe, override
+from hlb.overrides import override
+from hlb.recipes import RECIPES, Recipe, get_recipe
 from hlb.runs import run_recipe
 
 
@@ -41,9 +42,9 @@ def test_override_parses_each_type():
     ("lr=fast", "expected a number"),
     ("channels_last=maybe", "expected true or false"),
     ("widths=1,2", "3 comma-separated integers"),
-    ("epochs=-1", "epochs must be positive"),
-    ("flip=sideways", "flip must be alternate, random or none"),
-    ("batch_size=60000", "batch_size must not exceed train_images"),
+    ("epochs=-1", "epochs=-1.0: expected a number in (0, 1000]"),
+    ("flip=sideways", "flip='sideways': expected one of alternate, random, none"),
+    ("batch_size=60000", "batch_size=60000: expected an integer from 1 to 50000"),
     ("name=x", "unknown key 'name'"),
 ])
 def test_bad_overrides_are_one_line_usage_errors(item, message):
@@ -96,13 +97,18 @@ def test_recipe_96_is_the_june_2024_airbench96():
 
 
 @pytest.mark.parametrize("item, message", [
-    ("cutout=-1", "cutout must be between 0 and 32"),
-    ("cutout=33", "cutout must be between 0 and 32"),
-    ("convs_per_group=4", "convs_per_group must be 2 or 3"),
-    ("compile_mode=fast", "compile_mode must be one of default, reduce-overhead"),
-    ("tta_fraction=0", "tta_fraction must be in"),
-    ("precision=fp8", "precision must be fp16, bf16 or fp32"),
-    ("tta_fraction=1.5", "tta_fraction must be in"),
+    ("cutout=-1", "cutout=-1: expected an integer from 0 to 32"),
+    ("cutout=33", "cutout=33: expected an integer from 0 to 32"),
+    ("convs_per_group=4", "convs_per_group=4: expected one of 2, 3"),
+    ("compile_mode=fast", "compile_mode='fast': expected one of default, reduce-overhead"),
+    ("tta_fraction=0", r"tta_fraction=0.0: expected a number in \(0, 1\]"),
+    ("precision=fp8", "precision='fp8': expected one of fp16, bf16, fp32"),
+    ("tta_fraction=1.5", r"tta_fraction=1.5: expected a number in \(0, 1\]"),
+    ("label_smoothing=1.5", r"label_smoothing=1.5: expected a number in \[0, 1\]"),
+    ("whiten_kernel=40", "whiten_kernel=40: expected an integer from 1 to 25"),
+    ("lr=-1", "lr=-1.0: expected a number in"),
+    ("epochs=inf", "epochs=inf: expected a number in"),
+    ("bn_eps=0", "bn_eps=0.0: expected a number in"),
 ])
 def test_bad_new_fields_are_usage_errors(item, message):
     with pytest.raises(UsageError, match=message):
@@ -129,3 +135,30 @@ def test_recipe_94muon_matches_the_muon_method():
     assert lr * r.whiten_bias_lr_scale == pytest.approx(bias_lr)
     assert decay == pytest.approx(0.004, abs=0.0001)        # per step at the peak
     assert r.whiten_bias_own_schedule and r.whiten_bias_steps() == 75
+
+
+def test_rules_between_fields_name_both():
+    with pytest.raises(UsageError, match=r"batch_size=20000: expected at most train_images "
+                                         r"\(10000\)"):
+        override(RECIPES["smoke"], ["batch_size=20000"])
+    with pytest.raises(UsageError, match="whiten_init_images=20000: expected at most "
+                                         "train_images"):
+        override(RECIPES["smoke"], ["whiten_init_images=20000"])
+
+
+def test_every_problem_is_named_in_one_line():
+    with pytest.raises(UsageError) as e:
+        override(RECIPES["94"], ["lr=fast", "epochs=nan", "flip=up"])
+    text = str(e.value)
+    assert "\n" not in text and all(key in text for key in ("lr=", "epochs=", "flip="))
+
+
+def test_a_recipe_built_in_code_is_checked_too():
+    with pytest.raises(UsageError, match="recipe 'x': momentum=1.0: expected"):
+        Recipe(name="x", momentum=1.0)
+    with pytest.raises(UsageError, match="widths=\\(8, 8\\): expected 3 comma-separated"):
+        Recipe(name="x", widths=(8, 8))
+    with pytest.raises(UsageError, match="epochs=True: expected a number"):
+        Recipe(name="x", epochs=True)
+    assert Recipe(name="x", epochs=3).epochs == 3.0              # an int is taken for a float
+    assert type(Recipe(name="x", epochs=3).epochs) is float

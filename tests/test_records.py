@@ -5,13 +5,14 @@ import os
 import pytest
 
 from hlb import records
+from hlb.cli import main
 from hlb.errors import HlbError
-from hlb.records import (default_runs_dir, list_records, read_record, records_table,
-                         save_record, set_overrides)
+from hlb.records import (default_runs_dir, list_records, number, overrides_of, read_record,
+                         records_table, save_record)
 
 
 def make_record(name="smoke", accs=(0.50, 0.56), times=(20.0, 22.0), argv=None,
-                date="2025-01-02T03:04:05+0000", epochs=3, diverged=()):
+                date="2025-01-02T03:04:05+0000", epochs=3, diverged=(), overrides=None):
     """A small record in the format of hlb.report.record_dict; run i has accuracy accs[i]."""
     runs, rows = [], []
     for i, (acc, t) in enumerate(zip(accs, times)):
@@ -29,7 +30,7 @@ def make_record(name="smoke", accs=(0.50, 0.56), times=(20.0, 22.0), argv=None,
     n = len(done)
     acc_mean = sum(r["tta_acc"] for r in done) / n if n else None
     time_mean = sum(r["train_time_s"] for r in done) / n if n else None
-    return {
+    record = {
         "format": "hlb-cifar10 record v1",
         "argv": argv if argv is not None else ["--recipe", name, "--device", "cpu"],
         "recipe": {"name": name, "epochs": float(epochs), "lr": 8.0},
@@ -41,6 +42,9 @@ def make_record(name="smoke", accs=(0.50, 0.56), times=(20.0, 22.0), argv=None,
         "summary": {"n": n, "diverged": len(runs) - n, "acc_mean": acc_mean,
                     "acc_std": None, "time_mean": time_mean},
     }
+    if overrides is not None:       # records written before "overrides" have only argv
+        record["overrides"] = overrides
+    return record
 
 
 def _files(root):
@@ -102,8 +106,8 @@ def test_list_gives_newest_first_with_counts_means_and_overrides(tmp_path):
     old = make_record(accs=(0.50, 0.60), times=(20.0, 24.0),
                       date="2025-01-01T10:00:00+0000")
     new = make_record(accs=(0.40, 0.50, 0.60), times=(10.0, 11.0, 12.0),
-                      date="2025-01-02T10:00:00+0000",
-                      argv=["--recipe", "smoke", "--set", "lr=4", "--set=epochs=3"])
+                      date="2025-01-02T10:00:00+0000", overrides=["lr=4", "epochs=3"],
+                      argv=["--recipe", "smoke", "--set", "lr=9"])    # overrides win
     save_record(new, tmp_path)      # saved first, but dated later: order is by the record
     save_record(old, tmp_path)
     rows = list_records(tmp_path)
@@ -165,18 +169,25 @@ def test_read_record_errors_are_one_line(tmp_path):
         read_record(tmp_path / "x.json")
 
 
-def test_set_overrides_reads_both_spellings():
-    assert set_overrides(None) == []
-    assert set_overrides(["--set", "lr=4", "--runs", "3", "--set=widths=8,16,16", "--set"]) \
+def test_overrides_are_read_as_kept_or_from_an_old_records_argv():
+    assert overrides_of({}) == [] and overrides_of({"argv": None}) == []
+    assert overrides_of({"overrides": ["lr=4", "widths=8,16,16"], "argv": []}) \
         == ["lr=4", "widths=8,16,16"]
+    old = {"argv": ["--set", "lr=4", "--runs", "3", "--set=widths=8,16,16", "--set"]}
+    assert overrides_of(old) == ["lr=4", "widths=8,16,16"]
+
+
+def test_numbers_read_from_a_record():
+    assert number(3) == 3.0 and number(0.5) == 0.5
+    assert all(math.isnan(number(v)) for v in (None, "1", True, [1]))
 
 
 def test_command_prints_the_table(tmp_path, capsys):
     save_record(make_record(), tmp_path)
-    assert records.main([str(tmp_path)]) == 0
+    assert main(["runs", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("date") and len(out) == 3
-    assert records.main([str(tmp_path / "none")]) == 0
+    assert main(["runs", "--dir", str(tmp_path / "none")]) == 0
     assert "no records in" in capsys.readouterr().out
 
 

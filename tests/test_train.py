@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import synthetic_cifar
-from hlb.recipes import RECIPES, override
+from hlb.overrides import override
+from hlb.recipes import RECIPES
 from hlb.runs import run_recipe
 from hlb.train import build_net, compute_dtype, to_device, train_run
 

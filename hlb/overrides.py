@@ -1,0 +1,58 @@
+"""Recipe values given as text, `key=value`, as `--set` and `hlb.train(overrides=...)` take them.
+
+This side only turns text into a value of the field's type; whether the value is allowed is the
+Recipe's own check (hlb.recipes), so a value set here and one set in code meet the same rules.
+"""
+
+import dataclasses
+
+from hlb.errors import UsageError
+from hlb.recipes import Recipe
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_WANTED = {bool: "true or false", int: "an integer", float: "a number",
+           tuple: "comma-separated integers"}
+
+
+def settable():
+    """The fields `--set` may change, by name: every one but the recipe's name."""
+    return {f.name: f.type for f in dataclasses.fields(Recipe) if f.name != "name"}
+
+
+def parse_value(kind, text):
+    """`text` as a value of type `kind`; ValueError when it is not one."""
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered not in _TRUE + _FALSE:
+            raise ValueError(text)
+        return lowered in _TRUE
+    if kind is tuple:
+        return tuple(int(v) for v in text.split(","))
+    return kind(text)           # int, float or str
+
+
+def override(recipe, assignments):
+    """`recipe` with each "key=value" applied. Every problem (a malformed item, an unknown key,
+    text that is not of the field's type, a value out of range) goes into one UsageError."""
+    fields = settable()
+    changes, problems = {}, []
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            problems.append(f"--set {item}: expected key=value")
+        elif key not in fields:
+            problems.append(f"--set {item}: unknown key {key!r}; valid keys: "
+                            + ", ".join(sorted(fields)))
+        else:
+            try:
+                changes[key] = parse_value(fields[key], text)
+            except ValueError:
+                problems.append(f"--set {item}: expected {_WANTED.get(fields[key], 'text')}")
+    try:
+        recipe = dataclasses.replace(recipe, **changes)
+    except UsageError as e:
+        problems.append(str(e))     # the values that parsed, checked as the Recipe checks them
+    if problems:
+        raise UsageError("; ".join(problems))
+    return recipe
