@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hlb.evaluate import evaluate, logits, tta_views
-from hlb.recipes import RECIPES, override
+from hlb.overrides import override
+from hlb.recipes import RECIPES
 
 
 class Linear(torch.nn.Module):
