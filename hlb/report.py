@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from hlb import __version__
+
 COLUMNS = [("run", 5), ("epoch", 5), ("train_loss", 10), ("train_acc", 9), ("val_loss", 8),
            ("val_acc", 7), ("tta_acc", 7), ("time_s", 8)]
 
@@ -180,6 +182,7 @@ def record_dict(record, argv=None):
     epochs = [row for r in results for row in r.pop("epochs")]
     return jsonable({
         "format": "hlb-cifar10 record v1",
+        "hlb_version": __version__,
         "argv": argv,
         "recipe": record.recipe.to_dict(),
         "device": record.device,
