@@ -3,9 +3,15 @@
     import hlb
     record = hlb.train("smoke", runs=2, device="cpu")
     print(record.summary.acc_mean, record.summary.time_mean)
+    hlb.save(record, "smoke.safetensors")     # the last run's network, recipe and results
+    net = hlb.load("smoke.safetensors")       # ready for inference
 """
 
-from hlb.recipes import RECIPES, Recipe
-from hlb.runs import Record, train
+# The one place the version lives: pyproject.toml reads it, every record carries it.
+__version__ = "0.1.0"
 
-__all__ = ["RECIPES", "Recipe", "Record", "train"]
+from hlb.recipes import RECIPES, Recipe  # noqa: E402  (after __version__, which report reads)
+from hlb.runs import Record, train  # noqa: E402
+from hlb.saved import load, save  # noqa: E402
+
+__all__ = ["RECIPES", "Recipe", "Record", "__version__", "load", "save", "train"]

@@ -56,6 +56,9 @@ def build_parser():
     p.add_argument("--target-acc", type=float, default=None, metavar="ACC",
                    help="stop each run at the first epoch whose TTA accuracy reaches ACC "
                         "(a fraction, e.g. 0.94); the check is timed")
+    p.add_argument("--save-model", default=None, metavar="PATH",
+                   help="save the final network of the last run (if it finished) as "
+                        "safetensors, with the recipe and results; `eval PATH` tests it")
     return p
 
 
@@ -92,19 +95,19 @@ def _arm_recipe(name, flags, base):
         raise UsageError(f"arm {name}: {e}") from None
 
 
-def _check_writable(path):
+def _check_writable(path, flag="--json"):
     """Fail before training, not after, when the record could not be written."""
     parent = Path(path).resolve().parent
     if not parent.is_dir():
-        raise UsageError(f"--json {path}: folder {parent} does not exist")
+        raise UsageError(f"{flag} {path}: folder {parent} does not exist")
     if Path(path).is_dir():
-        raise UsageError(f"--json {path}: is a folder, not a file")
+        raise UsageError(f"{flag} {path}: is a folder, not a file")
     try:
         # Creating a file is the only test that also catches read-only mounts and quotas.
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as e:
-        raise UsageError(f"--json {path}: cannot write in {parent} ({e.strerror})") from None
+        raise UsageError(f"{flag} {path}: cannot write in {parent} ({e.strerror})") from None
 
 
 def _raise_interrupt(signum, frame):
@@ -133,7 +136,8 @@ def main(argv=None):
     world = None
     try:
         world = world_from_env()              # None when not under torchrun
-        command = {"compare": _compare, "plot": _plot, "runs": _runs}.get(argv[0] if argv else "")
+        command = {"compare": _compare, "eval": _eval, "plot": _plot,
+                   "runs": _runs}.get(argv[0] if argv else "")
         with _sigterm_as_ctrl_c(world):
             return command(argv[1:]) if command else _main(argv)
     except HlbError as e:
@@ -258,6 +262,7 @@ def _main(argv):
         raise UsageError(f"--seed must not be negative, not {args.seed}")
     if args.target_acc is not None and not 0 < args.target_acc <= 1:
         raise UsageError(f"--target-acc is a fraction in (0, 1], not {args.target_acc}")
+    _check_save_model(args.save_model)
     wall = time.perf_counter()
     device = resolve_device(args.device)
     with scheduler_for(device) as scheduler:
@@ -275,6 +280,7 @@ def _main(argv):
         record.wall_s = time.perf_counter() - wall
         print("\n".join(summary_lines(record)))
         folder = _keep(_record_data(record, argv, scheduler), args.json, args.no_save)
+        _save_model(args.save_model, record, error)
         status = _finish(error, folder, len(record.results))
         if status == 0 and record.summary.diverged:
             print(f"error: {record.summary.diverged} run(s) diverged (loss NaN, infinite or "
@@ -338,6 +344,41 @@ def _compare(argv):
             print(f"  record written to {args.json}")
         folders = [_keep(data[name], None, args.no_save, f"arm {name.upper()}") for name in "ab"]
         return _finish(error, folders[0], min(len(r.results) for r in records))
+
+
+def _check_save_model(path):
+    if path and world_from_env() is not None:
+        raise UsageError("--save-model is not supported under torchrun yet")
+    if path:
+        _check_writable(path, "--save-model")
+
+
+def _save_model(path, record, error):
+    """Save the last run's network when that run finished (see --save-model)."""
+    from hlb.saved import save
+
+    if not path:
+        return
+    if error or not record.results or record.results[-1].diverged:
+        print(f"  model not saved to {path}: the last run diverged or did not "
+              "finish", file=sys.stderr)
+        return
+    print(f"  model saved to {save(record, path)} (test it: eval {path})")
+
+
+def _eval(argv):
+    from hlb.saved import evaluate_saved
+
+    p = _Parser(prog="python main.py eval",
+                description="Test a network saved with --save-model: plain and TTA accuracy "
+                            "on the test images of its recipe, beside what its run reported.")
+    p.add_argument("model", metavar="PATH")
+    p.add_argument("--data-dir", default=None,
+                   help="where CIFAR-10 lives (default $HLB_DATA_DIR, else ./data)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    args = p.parse_args(argv)
+    print("\n".join(evaluate_saved(args.model, args.data_dir, args.device)))
+    return 0
 
 
 def _plot(argv):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from hlb import __version__
 from hlb.files import write_atomic
 
 COLUMNS = [("run", 5), ("epoch", 5), ("train_loss", 10), ("train_acc", 9), ("val_loss", 8),
@@ -204,6 +205,7 @@ def record_dict(record, argv=None):
     epochs = [row for r in results for row in r.pop("epochs")]
     return jsonable({
         "format": "hlb-cifar10 record v1",
+        "hlb_version": __version__,
         "argv": argv,
         "overrides": list(record.overrides),      # the "key=value" texts, as given
         "recipe": record.recipe.to_dict(),

@@ -65,6 +65,8 @@ class Record:
     results: list = field(default_factory=list)     # in run order
     summary: Summary = None
     wall_s: float = 0.0            # the whole call, loading and warm-up included
+    # The network as the last run left it (hlb.save keeps it); not part of the JSON record.
+    net: torch.nn.Module = field(default=None, repr=False)
 
 
 def resolve_device(name=None):
@@ -94,7 +96,7 @@ class PreparedRecipe:
         # The record names the kind of device; which GPU ran which run is the launcher's.
         self.record = Record(recipe=recipe, device=torch.device(device).type,
                              data_fingerprint=cifar.fingerprint, seed=seed,
-                             overrides=list(overrides))
+                             overrides=list(overrides), net=self.net)
 
     def warmup(self, listener):
         """One untimed run of the same shapes, so cudnn.benchmark and compilation happen
