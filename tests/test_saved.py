@@ -19,7 +19,8 @@ from hlb.augment import normalize
 from hlb.cli import main
 from hlb.errors import HlbError
 from hlb.evaluate import evaluate
-from hlb.recipes import get_recipe, override
+from hlb.overrides import override
+from hlb.recipes import get_recipe
 from hlb.saved import FORMAT, load_saved, read_safetensors, save, save_model, write_safetensors
 from hlb.train import build_net
 
@@ -65,9 +66,8 @@ def test_load_gives_the_same_accuracy_exactly(trained, cifar):
     labels = cifar.test_labels[:300]
     recipe = load_saved(trained.model).recipe
     assert json.loads(json.dumps(recipe.to_dict())) == trained.record["recipe"]
-    tta, _ = evaluate(net, images, labels, recipe.tta_level, recipe.eval_batch_size,
-                      tta_fraction=recipe.tta_fraction)
-    plain, _ = evaluate(net, images, labels, 0, recipe.eval_batch_size)
+    tta, _ = evaluate(net, images, labels, recipe)
+    plain, _ = evaluate(net, images, labels, recipe, tta=False)
     run = trained.record["runs"][-1]
     assert (plain.item(), tta.item()) == (run["val_acc"], run["tta_acc"])
 
