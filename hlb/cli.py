@@ -117,7 +117,8 @@ def _sigterm_as_ctrl_c():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
-        command = {"compare": _compare, "plot": _plot, "runs": _runs}.get(argv[0] if argv else "")
+        command = {"compare": _compare, "plot": _plot, "runs": _runs,
+                   "sweep": _sweep}.get(argv[0] if argv else "")
         with _sigterm_as_ctrl_c():
             return command(argv[1:]) if command else _main(argv)
     except HlbError as e:
@@ -303,7 +304,7 @@ def _compare(argv):
             if session is None:
                 records = run_benches(benches, args.runs, listeners)
             else:
-                def each_round(partial):
+                def each_round(partial, finished):
                     _write_record(args.json, _compare_data(partial, args, session)[1])
 
                 # Run i of both arms goes to the same rank, so the pairs stay paired.
@@ -353,3 +354,65 @@ def _runs(argv):
     runs_dir = Path(args.dir) if args.dir else default_runs_dir()
     print("\n".join(records_table(list_records(runs_dir), runs_dir)))
     return 0
+
+
+def _sweep(argv):
+    """`main.py sweep`: the base and a grid of variants, interleaved, ranked (hlb.sweep)."""
+    from hlb.dist import joined
+    from hlb.records import default_runs_dir, save_record
+    from hlb.runs import resolve_device
+    from hlb.sweep import make_grid, run_sweep, sweep_dict, table_lines
+
+    p = _Parser(prog="python main.py sweep",
+                description="Run the base recipe and every cell of a grid, interleaved with "
+                            "the same seeds; rank the cells against the base.")
+    p.add_argument("--recipe", default="94", help="the base recipe (default 94)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the base (repeatable)")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values to try (a tuple key takes / between values; repeatable: "
+                        "the grid is every combination)")
+    p.add_argument("--runs", type=int, default=5, help="runs of the base and of each cell")
+    p.add_argument("--prune", action="store_true",
+                   help="stop running cells that cannot catch the best any more")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of run 0 of every cell")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", default=None, metavar="PATH", help="write the sweep's record here")
+    p.add_argument("--no-save", action="store_true",
+                   help="do not keep the record under the runs folder")
+    args = p.parse_args(argv)
+    grid = make_grid(get_recipe(args.recipe), args.set, args.vary, args.runs, args.prune)
+    if args.seed < 0:
+        raise UsageError(f"--seed must not be negative, not {args.seed}")
+    device = resolve_device(args.device)
+    with joined(device) as session:       # None without torchrun
+        leader = session is None or session.leader
+        _check_json(args.json, session)
+        if leader:
+            print(f"hlb-cifar10 sweep: base {args.recipe} {' '.join(args.set)}".rstrip()
+                  + f" and {len(grid.cells)} cell(s), {args.runs} runs each, interleaved, "
+                  f"seeds {args.seed}..{args.seed + args.runs - 1}{_spread(session)}",
+                  flush=True)
+
+        def each_round(outcome, finished):
+            _write_record(args.json, sweep_dict(outcome, argv, finished))
+
+        outcome = run_sweep(grid, device, args.seed, args.data_dir, session,
+                            each_round if args.json else None)
+        if not leader:
+            return _follower_status(outcome.error)
+        print("\n".join(table_lines(outcome)))
+        data = sweep_dict(outcome, argv)
+        if session:
+            data["dist"] = session.describe()
+        if args.json:
+            _write_record(args.json, data)
+            print(f"  record written to {args.json}")
+        if not args.no_save:
+            print(f"  record kept in {save_record(data, default_runs_dir())}")
+        if isinstance(outcome.error, KeyboardInterrupt):
+            return 130
+        if outcome.error:
+            raise outcome.error
+        return 0

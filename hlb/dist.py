@@ -251,7 +251,7 @@ class Session:
         """hlb.runs.train spread over the ranks, for a Recipe: the Record of every run, on
         every rank; `on_round(record)` as in run_benches."""
         wall = time.perf_counter()
-        each_round = on_round and (lambda records: on_round(records[0]))
+        each_round = on_round and (lambda records, finished: on_round(records[0]))
         try:
             bench = Bench(recipe, self.device, self.load_data(data_dir), seed)
             record = self.run_benches([bench], runs, [listener or Quiet()], target_acc,
@@ -301,23 +301,26 @@ class Session:
     def run_benches(self, benches, runs, listeners, target_acc=None, on_round=None):
         """hlb.runs.run_benches spread over the ranks; every rank returns the records of all
         runs gathered. Rank 0 prints through `listeners`; the others print nothing. After each
-        round `on_round(records)` runs on rank 0, with `stopped` saying the record is
-        unfinished. Ctrl-C, an out-of-memory on any rank, a worker that stops or a broken
-        collective raise Stopped with the runs of the finished rounds."""
+        round `on_round(records, finished)` runs on rank 0, with `stopped` saying the record is
+        unfinished, and `finished` the runs gathered per bench; it may return the indices of
+        benches to stop from the next round on (every rank gets rank 0's set). Ctrl-C, an
+        out-of-memory on any rank, a worker that stops or a broken collective raise Stopped
+        with the runs of the finished rounds."""
         wall = time.perf_counter()
         size = self.world.size
         listeners = listeners if self.leader else [Quiet()] * len(benches)
         records = [dataclasses.replace(b.record, results=[], target_acc=target_acc)
                    for b in benches]
         first, error = 0, False
+        active = list(range(len(benches)))      # benches still running (sweep --prune)
         try:
             for bench, listener in zip(benches, listeners):
                 bench.warmup(listener)
             for first in range(0, runs, size):
                 payload = self._run_mine(benches, first + self.world.rank, runs, listeners,
-                                         target_acc)
+                                         target_acc, active)
                 payloads = self.exchange(payload)
-                self._take(records, payloads, first, runs, listeners, wall)
+                self._take(records, payloads, first, runs, listeners, wall, active)
                 failed = [(rank, p["error"]) for rank, p in enumerate(payloads) if p["error"]]
                 if failed:
                     rank, text = failed[0]
@@ -326,9 +329,12 @@ class Session:
                     gathered = min(first + size, runs)
                     for record in records:
                         record.stopped = f"unfinished: {gathered} of {runs} run(s) gathered"
-                    on_round(records)
+                    stop = on_round(records, gathered)
                     for record in records:
                         record.stopped = None
+                if on_round:        # every rank stops the benches rank 0 stopped
+                    stop = self.exchange(sorted(stop or ()) if self.leader else None)[0]
+                    active = [j for j in active if j not in set(stop)]
         except KeyboardInterrupt:
             self.stopping = True
             error = None
@@ -338,24 +344,24 @@ class Session:
             error = self.lost_error(e, f"in round {first // size + 1} of {-(-runs // size)}")
         return close_records(records, error, wall, target_acc)
 
-    def _run_mine(self, benches, i, runs, listeners, target_acc):
-        """This rank's run i of every bench, as JSON values (none past the last run)."""
+    def _run_mine(self, benches, i, runs, listeners, target_acc, active):
+        """This rank's run i of every active bench, as JSON values (none past the last run)."""
         done, error = [], None
         if i < runs:
             try:
-                for bench, listener in zip(benches, listeners):
+                for bench, listener in [(benches[j], listeners[j]) for j in active]:
                     done.append(dataclasses.asdict(bench.run(i, runs, listener, target_acc)))
             except torch.cuda.OutOfMemoryError as e:
                 done, error = [], str(out_of_memory_error(e, benches[0].recipe))
         return {"results": done, "warmup_s": [b.record.warmup_s for b in benches],
                 "error": error}
 
-    def _take(self, records, payloads, first, runs, listeners, wall):
-        """Add the round's results to the records in run order; rank 0 prints the other
-        ranks' runs as if they had run here."""
+    def _take(self, records, payloads, first, runs, listeners, wall, active):
+        """Add the round's results to the active benches' records in run order; rank 0 prints
+        the other ranks' runs as if they had run here."""
         for rank, payload in enumerate(payloads):
-            for j, (record, data) in enumerate(zip(records, payload["results"])):
-                result = _to_result(data)
+            for j, data in zip(active, payload["results"]):
+                record, result = records[j], _to_result(data)
                 if self.leader and rank != self.world.rank:
                     listener = listeners[j]
                     listener.run_started(first + rank, runs)

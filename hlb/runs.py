@@ -111,18 +111,24 @@ class Bench:
         return result
 
 
-def run_benches(benches, runs, listeners, target_acc=None):
+def run_benches(benches, runs, listeners, target_acc=None, on_round=None):
     """Warm each bench up, then runs 0..runs-1, taking turns run by run (so slow drifts of
     the machine hit every bench alike); returns their records.
 
+    After each round `on_round(records, finished)` (runs 0..finished-1 done) may return the
+    indices of benches to stop from the next round on; they keep their finished runs.
     Ctrl-C or a GPU out-of-memory raises Stopped with the finished runs kept."""
     wall = time.perf_counter()
+    stopped = set()         # sweep --prune (hlb.sweep): benches that cannot win any more
     try:
         for bench, listener in zip(benches, listeners):
             bench.warmup(listener)
         for i in range(runs):
-            for bench, listener in zip(benches, listeners):
-                bench.run(i, runs, listener, target_acc)
+            for j, (bench, listener) in enumerate(zip(benches, listeners)):
+                if j not in stopped:
+                    bench.run(i, runs, listener, target_acc)
+            if on_round:
+                stopped |= set(on_round([bench.record for bench in benches], i + 1) or ())
     except KeyboardInterrupt:
         error = None
     except torch.cuda.OutOfMemoryError as e:
