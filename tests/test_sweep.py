@@ -217,7 +217,7 @@ def test_a_grid_without_prune_runs_every_cell_every_run(planted, capsys):
 
 def test_a_sweep_over_two_processes_gives_the_runs_of_one(cifar_dir, tmp_path):
     from test_dist import ONE_THREAD, ROOT, TINY as DIST_TINY, _same_runs, _torchrun, run
-    args = [*DIST_TINY, "--vary", "lr=4,12", "--runs", "2", "--no-save",
+    args = [*DIST_TINY, "--vary", "lr=4,12", "--runs", "3", "--no-save",
             "--data-dir", str(cifar_dir)]
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     single = run([sys.executable, str(ROOT / "main.py"), "sweep", *args, "--json", str(one)],
@@ -230,4 +230,43 @@ def test_a_sweep_over_two_processes_gives_the_runs_of_one(cifar_dir, tmp_path):
     assert b["dist"]["world_size"] == 2
     assert _same_runs(a, b)
     for x, y in zip(a["cells"], b["cells"]):
-        assert [r["seed"] for r in y["runs"]] == [0, 1] and _same_runs(x, y)
+        assert [r["seed"] for r in y["runs"]] == [0, 1, 2] and _same_runs(x, y)
+
+
+# The plot of a sweep record (main.py plot)
+
+def _sweep_record(varies, accs):
+    """A sweep record as sweep_dict writes it, with planted runs: accs[cell] per seed."""
+    from hlb.runs import Record
+    grid = make_grid(SMOKE, [], varies, runs=4)
+    records = []
+    for i in range(len(grid.cells) + 1):
+        record = Record(recipe=SMOKE, device="cpu", data_fingerprint="x", seed=0)
+        record.results = [RunResult(run=s, seed=s, tta_acc=accs(i, s), train_time_s=2 + i / 10)
+                          for s in range(4)]
+        records.append(record)
+    return hlb.sweep.sweep_dict(hlb.sweep.Outcome(grid, records, {2: {
+        "after_runs": 3, "why": "planted"}}), ["sweep"])
+
+
+def test_a_sweep_plots_points_and_a_heat_map_for_two_keys(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+    two = _sweep_record(["lr=4,12", "epochs=1,2,3"],
+                        lambda i, s: 0.5 + 0.01 * i + 0.001 * (s * i % 3))
+    one = _sweep_record(["lr=4,12"], lambda i, s: 0.5 + 0.01 * i + 0.001 * s)
+    paths = []
+    for name, data in (("two", two), ("one", one)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        paths.append(tmp_path / f"{name}.json")
+    assert cli.main(["plot", str(paths[0]), "-o", str(tmp_path / "two.png")]) == 0
+    assert cli.main(["plot", str(paths[1]), "-o", str(tmp_path / "one.png")]) == 0
+    assert "plot written to" in capsys.readouterr().out
+    wide, narrow = imread(tmp_path / "two.png"), imread(tmp_path / "one.png")
+    assert wide.shape[1] > 1800 and 1000 < narrow.shape[1] < 1200     # the heat map's panel
+    # The heat map's right half is mostly coloured (viridis), the points' panel mostly white.
+    right = wide[int(0.15 * wide.shape[0]):int(0.85 * wide.shape[0]),
+                 int(0.6 * wide.shape[1]):int(0.85 * wide.shape[1]), :3]
+    assert (right.max(axis=-1) - right.min(axis=-1) > 0.3).mean() > 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "one.png", "two.json",
+                                                           "two.png"]
