@@ -44,6 +44,8 @@ def test_the_grid_is_every_combination_with_values_parsed_as_set_parses_them():
     ([], ["widths=8,16/16,32,32"], 5, "--vary widths=8,16: expected 3 comma-separated"),
     ([], ["batch_size=100,20000"], 5, "--vary batch_size=20000: recipe 'smoke': batch_size "
                                       "must not exceed train_images"),
+    ([], ["batch_size=100,800", "train_images=500,1000"], 5, "cell batch_size=800 "
+     "train_images=500: recipe 'smoke': batch_size must not exceed train_images"),
     (["lr=4"], ["lr=4,12"], 5, "--vary lr=4,12: lr is also given with --set"),
     ([], ["lr="], 5, "--vary lr=: an empty list or value"),
     ([], ["lr=4,,12"], 5, "an empty list or value"),
