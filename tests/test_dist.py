@@ -263,7 +263,7 @@ def test_a_failing_rank_stops_the_rounds_and_keeps_what_was_gathered(monkeypatch
         bench = hlb.runs.Bench(recipe, session.device, synthetic_cifar(256, 128), seed=5)
         with pytest.raises(hlb.runs.Stopped) as stopped:
             session.run_benches([bench], 4, [hlb.runs.Quiet()],
-                                on_round=lambda records: seen.append(
+                                on_round=lambda records, finished: seen.append(
                                     (len(records[0].results), records[0].stopped)))
     assert seen == [(1, "unfinished: 1 of 4 run(s) gathered"),
                     (2, "unfinished: 2 of 4 run(s) gathered")]
