@@ -342,7 +342,8 @@ def sweep_dict(outcome, argv=None, finished=None):
                       "dropped": outcome.dropped.get(j), **part})
     data.update(format=FORMAT, runs_asked=grid.runs, prune=grid.prune, alpha=ALPHA,
                 correction=correction(len(grid.cells)),
-                vary=[{"key": k, "values": v} for k, v in grid.axes], cells=cells, table=jsonable([dataclasses.asdict(r) for r in outcome.rows()]))
+                vary=[{"key": k, "values": v} for k, v in grid.axes], cells=cells,
+                table=jsonable([dataclasses.asdict(r) for r in outcome.rows()]))
     if finished is not None and finished < grid.runs:
         data["stopped"] = f"unfinished: {finished} of {grid.runs} run(s) gathered"
     return data
