@@ -27,6 +27,7 @@ from hlb.recipes import RECIPES, get_recipe
 from hlb.records import default_runs_dir, list_records, records_table, save_record
 from hlb.report import Table, record_dict, summary_lines, write_json_atomic
 from hlb.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
+from hlb.sweep import make_grid, run_sweep, sweep_dict, table_lines
 from hlb.train import DIVERGED_LOSS
 
 
@@ -79,6 +80,28 @@ def build_compare_parser():
                    help="write both records and the comparison here")
     p.add_argument("--no-save", action="store_true",
                    help="do not keep each arm's record under the runs folder")
+    return p
+
+
+def build_sweep_parser():
+    p = _Parser(prog="python main.py sweep",
+                description="Run the base recipe and every cell of a grid, interleaved with "
+                            "the same seeds; rank the cells against the base.")
+    p.add_argument("--recipe", default="94", help="the base recipe (default 94)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the base (repeatable)")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values to try (a tuple key takes / between values; repeatable: "
+                        "the grid is every combination)")
+    p.add_argument("--runs", type=int, default=5, help="runs of the base and of each cell")
+    p.add_argument("--prune", action="store_true",
+                   help="stop running cells that cannot catch the best any more")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of run 0 of every cell")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", default=None, metavar="PATH", help="write the sweep's record here")
+    p.add_argument("--no-save", action="store_true",
+                   help="do not keep the record under the runs folder")
     return p
 
 
@@ -136,8 +159,8 @@ def main(argv=None):
     world = None
     try:
         world = world_from_env()              # None when not under torchrun
-        command = {"compare": _compare, "eval": _eval, "plot": _plot,
-                   "runs": _runs}.get(argv[0] if argv else "")
+        command = {"compare": _compare, "eval": _eval, "plot": _plot, "runs": _runs,
+                   "sweep": _sweep}.get(argv[0] if argv else "")
         with _sigterm_as_ctrl_c(world):
             return command(argv[1:]) if command else _main(argv)
     except HlbError as e:
@@ -399,3 +422,37 @@ def _runs(argv):
     runs_dir = Path(args.dir) if args.dir else default_runs_dir()
     print("\n".join(records_table(list_records(runs_dir), runs_dir)))
     return 0
+
+
+def _sweep(argv):
+    """`main.py sweep`: the base and a grid of variants, interleaved, ranked (hlb.sweep)."""
+    args = build_sweep_parser().parse_args(argv)
+    grid = make_grid(get_recipe(args.recipe), args.set, args.vary, args.runs, args.prune)
+    if args.seed < 0:
+        raise UsageError(f"--seed must not be negative, not {args.seed}")
+    device = resolve_device(args.device)
+    with scheduler_for(device) as scheduler:
+        _check_json(args.json, scheduler)
+        if scheduler.leader:
+            print(f"hlb-cifar10 sweep: base {args.recipe} {' '.join(args.set)}".rstrip()
+                  + f" and {len(grid.cells)} cell(s), {args.runs} runs each, interleaved, "
+                  f"seeds {args.seed}..{args.seed + args.runs - 1}{_spread(scheduler)}",
+                  flush=True)
+
+        def each_round(outcome, finished):
+            if args.json:
+                _write_record(args.json, _sweep_data(outcome, argv, scheduler, finished))
+
+        outcome = run_sweep(grid, scheduler, args.seed, args.data_dir, each_round)
+        if not scheduler.leader:
+            return 130 if isinstance(outcome.error, KeyboardInterrupt) else 0
+        print("\n".join(table_lines(outcome)))
+        folder = _keep(_sweep_data(outcome, argv, scheduler), args.json, args.no_save)
+        return _finish(outcome.error, folder, len(outcome.records[0].results))
+
+
+def _sweep_data(outcome, argv, scheduler, finished=None):
+    data = sweep_dict(outcome, argv, finished)
+    if scheduler.describe():
+        data["dist"] = scheduler.describe()
+    return data

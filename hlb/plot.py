@@ -13,7 +13,7 @@ from pathlib import Path
 from hlb.errors import HlbError, UsageError
 from hlb.files import write_atomic
 from hlb.records import number, overrides_of, read_record
-from hlb.stats import mean, std
+from hlb.stats import confidence_interval, mean, std
 
 INSTALL_HINT = "plotting needs matplotlib: python -m pip install -r requirements-plot.txt"
 DPI = 120
@@ -210,6 +210,8 @@ def plot_records(paths, out_png, labels=None):
     out = Path(out_png)
     if not out.parent.is_dir():
         raise HlbError(f"cannot write the plot {out}: folder {out.parent} does not exist")
+    if len(paths) == 1 and read_record(paths[0]).get("format") == SWEEP_FORMAT:
+        return plot_sweep(paths[0], out)
     arms = [_Arm(read_record(p), p) for p in paths]
     names = _labels(arms, labels)
     colors = [f"C{i % 10}" for i in range(len(arms))]
@@ -233,3 +235,97 @@ def _save_atomic(fig, out):
     except OSError as e:
         raise HlbError(f"could not write the plot {out} ({e.strerror or e})") from None
 
+
+# A sweep record (hlb.sweep, `main.py sweep`): one point per cell, and a heat map of two keys.
+
+SWEEP_FORMAT = "hlb-cifar10 sweep v1"
+
+
+def _sweep_cells(record):
+    """(name, finished runs, dropped) for the base and then each cell of a sweep record."""
+    cells = [c for c in record.get("cells") or [] if isinstance(c, dict)]
+    found = [("base", record["runs"], None)]
+    found += [(str(c.get("name")), c.get("runs") or [], c.get("dropped")) for c in cells]
+    return [(name, [r for r in runs if isinstance(r, dict) and not r.get("diverged")], dropped)
+            for name, runs, dropped in found]
+
+
+def _mean_and_bar(values):
+    """The mean and its 95% interval as matplotlib's error bar ([[below], [above]] or None)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, None
+    m, (lo, hi) = mean(finite), confidence_interval(finite)
+    return m, None if math.isnan(lo) else [[m - lo], [hi - m]]
+
+
+def _panel_sweep_points(ax, record):
+    for i, (name, done, dropped) in enumerate(_sweep_cells(record)):
+        acc, acc_bar = _mean_and_bar([100 * number(r.get("tta_acc")) for r in done])
+        time, time_bar = _mean_and_bar([number(r.get("train_time_s")) for r in done])
+        if math.isnan(acc) or math.isnan(time):
+            continue
+        color = "black" if i == 0 else "0.55" if dropped else f"C{(i - 1) % 10}"
+        ax.errorbar([time], [acc], xerr=time_bar, yerr=acc_bar, fmt="s" if i == 0 else "o",
+                    color=color, mfc="white" if dropped else color, capsize=3, ms=6)
+        label = f"{name} (n={len(done)}{', dropped' if dropped else ''})"
+        ax.annotate(label, (time, acc), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8, color=color)
+    ax.set_title("(a) mean TTA accuracy against mean time, 95% intervals (base ■, dropped ○)")
+    ax.set_xlabel("timed seconds per run (s)")
+    ax.set_ylabel("TTA test accuracy (%)")
+    ax.grid(alpha=0.3)
+
+
+def _heat_text(row):
+    """A heat-map cell's text: its mean, and cell - base with ▲/▼ when outside the noise."""
+    acc = 100 * number(row.get("acc_mean"))
+    diff = row.get("acc") if isinstance(row.get("acc"), dict) else {}
+    said = str(row.get("verdict") or "")
+    mark = "▲" if said.startswith("more") else "▼" if said.startswith("less") else ""
+    text = f"{acc:.2f}\n{100 * number(diff.get('diff')):+.2f}{mark}"
+    return text + ("\ndropped" if row.get("dropped") else "")
+
+
+def _panel_sweep_heat(ax, fig, record):
+    (key_y, values_y), (key_x, values_x) = [(a["key"], a["values"]) for a in record["vary"]]
+    rows = {(str(r["values"].get(key_y)), str(r["values"].get(key_x))): r
+            for r in record.get("table") or [] if isinstance(r, dict) and r.get("values")}
+    grid = [[100 * number(rows[(y, x)].get("acc_mean")) if (y, x) in rows else math.nan
+             for x in values_x] for y in values_y]
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    finite = [v for line in grid for v in line if math.isfinite(v)]
+    middle = (min(finite) + max(finite)) / 2 if finite else 0
+    for (y, x), row in rows.items():
+        value = grid[values_y.index(y)][values_x.index(x)]
+        ax.text(values_x.index(x), values_y.index(y), _heat_text(row), ha="center",
+                va="center", fontsize=8, color="white" if value < middle else "black")
+    ax.set_xticks(range(len(values_x)), values_x)
+    ax.set_yticks(range(len(values_y)), values_y)
+    ax.set_xlabel(key_x)
+    ax.set_ylabel(key_y)
+    ax.set_title("(b) mean TTA accuracy (%); below: cell - base in points\n"
+                 "(▲▼: the simultaneous interval leaves out zero)")
+    fig.colorbar(image, ax=ax, label="mean TTA accuracy (%)")
+
+
+def plot_sweep(path, out_png):
+    """Draw a sweep record: accuracy against time per cell with 95% intervals, and for a
+    two-key grid a heat map of mean accuracy. Written atomically to out_png, returned."""
+    Figure, FigureCanvasAgg, _ = _matplotlib()
+    record, out = read_record(path), Path(out_png)
+    vary = record.get("vary") if isinstance(record.get("vary"), list) else []
+    heat = len(vary) == 2 and all(isinstance(a, dict) and isinstance(a.get("values"), list)
+                                  for a in vary)
+    fig = Figure(figsize=(16 if heat else 9, 6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 if heat else 1, squeeze=False)[0]
+    _panel_sweep_points(axes[0], record)
+    if heat:
+        _panel_sweep_heat(axes[1], fig, record)
+    recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
+    fig.suptitle(f"sweep of recipe {recipe.get('name', '?')}: "
+                 f"{len(_sweep_cells(record)) - 1} cells against the base, "
+                 f"{record.get('runs_asked', '?')} runs each; {_title([_Arm(record, path)])}")
+    _save_atomic(fig, out)
+    return out

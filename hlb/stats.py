@@ -197,14 +197,15 @@ def welch_test(a, b):
     return _t_test("Welch", diff, math.sqrt(va + vb), df)
 
 
-def paired_test(a, b):
-    """Paired t-test on the differences b_i - a_i (n - 1 df); a and b pair up by index."""
+def paired_test(a, b, level=0.95):
+    """Paired t-test on the differences b_i - a_i (n - 1 df); a and b pair up by index.
+    `level` sets the interval's confidence (a sweep asks for 1 - alpha/m, see hlb.sweep)."""
     if len(a) != len(b):
         raise UsageError(f"a paired test needs arms of equal length, not {len(a)} and {len(b)}")
     d = [y - x for x, y in zip(a, b)]
     if len(d) < 2:
         return _t_test("paired", d[0] if d else math.nan, math.nan, math.nan)
-    return _t_test("paired", mean(d), std(d) / math.sqrt(len(d)), len(d) - 1)
+    return _t_test("paired", mean(d), std(d) / math.sqrt(len(d)), len(d) - 1, level)
 
 
 def runs_needed(diff, std_a, std_b, alpha=0.05, power=0.8, paired_std=None):
@@ -224,3 +225,27 @@ def runs_needed(diff, std_a, std_b, alpha=0.05, power=0.8, paired_std=None):
     z = normal_quantile(1 - alpha / 2) + normal_quantile(power)
     variance = sum(s * s for s in spread)
     return max(2, math.ceil(z * z * variance / (diff * diff)))
+
+
+# Many comparisons at once (hlb.sweep): corrections that keep the family-wise error at alpha.
+
+
+def one_sided_p(t):
+    """P(a difference this far above zero by chance) for a DiffTest: the p-value of the
+    one-sided test whose alternative is diff > 0 (NaN stays NaN)."""
+    return t.p_value / 2 if t.diff > 0 else 1 - t.p_value / 2
+
+
+def holm_adjust(p_values):
+    """Holm's step-down adjustment (Holm 1979) of m p-values, in their given order: the k-th
+    smallest becomes max over j <= k of min(1, (m - j + 1) p_(j)). Rejecting the adjusted
+    values below alpha keeps the chance of any false finding under alpha. A NaN (no test)
+    stays NaN but still counts in m, which only makes the others more cautious."""
+    m = len(p_values)
+    order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted = [math.nan] * m
+    running = 0.0
+    for k, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - k) * p))
+        adjusted[i] = running
+    return adjusted

@@ -3,8 +3,9 @@ import math
 import pytest
 
 from hlb.errors import UsageError
-from hlb.stats import (betainc, confidence_interval, mean, normal_cdf, normal_quantile,
-                       paired_test, runs_needed, std, t_cdf, t_quantile, welch_test)
+from hlb.stats import (betainc, confidence_interval, holm_adjust, mean, normal_cdf,
+                       normal_quantile, one_sided_p, paired_test, runs_needed, std, t_cdf,
+                       t_quantile, welch_test)
 
 
 def test_mean_and_sample_std():
@@ -158,3 +159,34 @@ def test_runs_needed_for_no_difference_or_missing_spread():
     assert runs_needed(0.0, 0.0013, 0.0013) == math.inf
     assert math.isnan(runs_needed(0.001, None, 0.0013))
     assert math.isnan(runs_needed(math.nan, 0.0013, 0.0013))
+
+
+# Many comparisons (hlb.sweep). The Holm values are worked by hand: sorted p 0.005, 0.01, 0.03,
+# 0.04 times 4, 3, 2, 1 give 0.02, 0.03, 0.06, 0.04, and the running maximum makes the last
+# 0.06; R's p.adjust(c(0.01, 0.04, 0.03, 0.005), "holm") prints the same.
+
+
+def test_holm_adjust_of_a_worked_example():
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjust([0.5, 0.6]) == [1.0, 1.0]                 # capped at 1, monotone
+    assert holm_adjust([0.02]) == [0.02]                         # one test: nothing to adjust
+    assert holm_adjust([]) == []
+    # A missing test stays missing but still counts in m (3 here, not 2).
+    adjusted = holm_adjust([math.nan, 0.01, 0.04])
+    assert math.isnan(adjusted[0]) and adjusted[1:] == pytest.approx([0.03, 0.08])
+
+
+def test_one_sided_p_on_the_sleep_data():
+    # R: t.test(drug 2, drug 1, paired = TRUE, alternative = "greater") gives p = 0.001416.
+    r = paired_test(SLEEP_1, SLEEP_2)
+    assert one_sided_p(r) == pytest.approx(0.0014165, abs=1e-6)
+    assert one_sided_p(paired_test(SLEEP_2, SLEEP_1)) == pytest.approx(1 - 0.0014165, abs=1e-6)
+    assert math.isnan(one_sided_p(paired_test([1.0], [2.0])))
+
+
+def test_paired_interval_at_another_level_on_the_sleep_data():
+    # 99%: t(0.995, 9 df) = 3.2498 from tables, se = 1.58 / 4.0621.
+    r = paired_test(SLEEP_1, SLEEP_2, level=0.99)
+    half = 3.2498 * 1.58 / 4.0621
+    assert r.ci95 == pytest.approx((1.58 - half, 1.58 + half), abs=2e-4)
+    assert r.p_value == pytest.approx(0.002833, abs=1e-6)        # the level moves no p-value
