@@ -53,6 +53,7 @@ class Recipe:
                                      # its own training steps (ending at the freeze), not the run's
     lookahead_every: int = 5         # steps between Lookahead pulls; 0 turns Lookahead off
     lookahead_decay: float = 0.95    # per step; the pull's weight also grows as (step/total)^3
+    lookahead_ramp: float = 3.0      # exponent of that growth: 1 linear, larger = later pulls
 
     optimizer: str = "sgd"           # "sgd", or "muon": Muon for the 3x3 conv filters and SGD
                                      # (above) for biases and the head
@@ -74,6 +75,8 @@ class Recipe:
                                      # (compile time is reported apart, as the warm-up)
     compile_mode: str = "default"    # torch.compile mode: "default", "reduce-overhead" (CUDA
                                      # graphs), "max-autotune", "max-autotune-no-cudagraphs"
+    capture_step: bool = False       # replay each training step as a CUDA graph, captured in
+                                     # the untimed warm-up; GPU only (the CPU runs it eagerly)
 
     def steps_per_epoch(self):
         return self.train_images // self.batch_size

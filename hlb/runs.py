@@ -13,9 +13,11 @@ import torch
 
 from hlb.dataset import CIFAR10_TAR_MD5, CIFAR10_URL, default_data_dir, load_cifar10
 from hlb.errors import HlbError, UsageError
+from hlb.model import build_net
 from hlb.recipes import Recipe, get_recipe, override
 from hlb.stats import Summary, summarize
-from hlb.train import build_net, to_device, train_run
+from hlb.step import TrainStep
+from hlb.train import to_device, train_run
 
 
 class Stopped(Exception):
@@ -83,6 +85,7 @@ class Bench:
         self.net = build_net(recipe, device)
         self.forward = (torch.compile(self.net, mode=recipe.compile_mode)
                         if self.cuda and recipe.compile else self.net)
+        self.step = TrainStep(self.net, recipe, device, self.forward)
         # The record names the kind of device; which GPU ran which run is the launcher's.
         self.record = Record(recipe=recipe, device=torch.device(device).type,
                              data_fingerprint=cifar.fingerprint, seed=seed)
@@ -94,8 +97,10 @@ class Bench:
             return
         listener.warmup_started()
         tick = time.perf_counter()
+        if self.recipe.capture_step:
+            self.step.capture()            # the CPU ignores capture_step: it has no warm-up
         train_run(self.recipe, self.data, self.net, self.device, seed=self.record.seed + 2**31,
-                  run=-1, forward=self.forward)
+                  run=-1, forward=self.forward, step=self.step)
         torch.cuda.synchronize(self.device)
         self.record.warmup_s = time.perf_counter() - tick
         listener.warmup_finished(self.record.warmup_s)
@@ -104,7 +109,7 @@ class Bench:
         listener.run_started(i, runs)
         result = train_run(self.recipe, self.data, self.net, self.device,
                            seed=self.record.seed + i, run=i, forward=self.forward,
-                           on_epoch=listener.epoch, on_step=listener.step,
+                           step=self.step, on_epoch=listener.epoch, on_step=listener.step,
                            target_acc=target_acc)
         self.record.results.append(result)
         listener.run_finished(result)
