@@ -41,6 +41,7 @@ class TrainStep:
 
     def __init__(self, net, recipe, device, forward=None):
         check_capture(recipe)
+        self.recipe = recipe
         self.net = net
         self.forward = net if forward is None else forward
         self.label_smoothing = recipe.label_smoothing

@@ -28,8 +28,8 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
               forward=None, target_acc=None, step=None):
     """Train `net` (reset here) once and return a RunResult.
 
-    `step` is the network's TrainStep (made here if not given; pass one made earlier to keep
-    its state and captured graphs). `forward` is the callable for the evaluation passes and a
+    `step` is the network's TrainStep for `recipe` (made here if not given, or if made for
+    another recipe; pass one made earlier to keep its state and captured graphs). `forward` is the callable for the evaluation passes and a
     new step's training passes (for example a compiled `net`); it defaults to `net`.
     With `target_acc`, the TTA accuracy is measured at the end of every epoch inside the timed
     region (its cost counts), and the run stops at the first epoch that reaches it.
@@ -37,7 +37,8 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
     they run outside the timed region or cost no device sync.
     """
     forward = net if forward is None else forward
-    step = TrainStep(net, recipe, device, forward) if step is None else step
+    if step is None or step.recipe != recipe:       # a step holds one recipe's settings
+        step = TrainStep(net, recipe, device, forward)
     torch.manual_seed(seed)
     reset(net)
     step.reset()

@@ -49,7 +49,8 @@ def main(argv=None):
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         tick = time.perf_counter()
-        result = train_run(recipe, bench.data, bench.net, device, seed=1, forward=bench.forward)
+        result = train_run(recipe, bench.data, bench.net, device, seed=1, forward=bench.forward,
+                           step=bench.step)
         if cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - tick

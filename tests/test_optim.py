@@ -235,3 +235,15 @@ def test_muon_step_equals_the_per_filter_method():
             w.mul_(len(w) ** 0.5 / w.norm()).add_(update.view_as(w), alpha=-0.1)
     for p, w in zip(params, expected):
         assert torch.allclose(p.detach(), w, atol=1e-5)
+
+
+def test_lookahead_ramp_sets_how_fast_the_pull_grows():
+    # Half-way through, keep = decay * 0.5 ** ramp of the slow copy.
+    for ramp, keep in ((1.0, 0.5), (3.0, 0.125)):
+        net = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(net.weight)
+        la = Lookahead(net, every=1, decay_per_step=1.0, total_steps=2, ramp=ramp)
+        with torch.no_grad():
+            net.weight.fill_(1.0)
+        la.after_step(1)
+        assert net.weight.item() == pytest.approx(1 - keep)
