@@ -28,9 +28,9 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
               forward=None, target_acc=None, step=None):
     """Train `net` (reset here) once and return a RunResult.
 
-    `step` is the network's TrainStep for `recipe` (made here if not given, or if made for
-    another recipe; pass one made earlier to keep its state and captured graphs). `forward` is the callable for the evaluation passes and a
-    new step's training passes (for example a compiled `net`); it defaults to `net`.
+    `step`: the network's TrainStep, made here if not given or made for another recipe (pass
+    one to keep its state and captured graphs). `forward`: the callable for evaluation and a
+    new step's training passes (a compiled `net`, say); `net` itself by default.
     With `target_acc`, the TTA accuracy is measured at the end of every epoch inside the timed
     region (its cost counts), and the run stops at the first epoch that reaches it.
     `on_epoch(row)` and `on_step(run, epoch, step, total)` are optional progress callbacks;

@@ -261,3 +261,30 @@ def test_the_cpu_ignores_capture_step_and_runs_the_same_step_eagerly():
     assert bench.step.graphs is None
     result = bench.run(0, 1, Quiet())
     assert not result.diverged and result.tta_acc > 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("recipe", [SGD, MUON], ids=["sgd", "muon"])
+def test_a_captured_step_replays_what_the_eager_step_does_on_a_gpu(recipe):
+    recipe = override(recipe, ["capture_step=true"])          # fp16, channels-last
+    torch.manual_seed(0)
+    eager_net = build_net(recipe, "cuda")
+    captured_net = copy.deepcopy(eager_net)
+    eager = TrainStep(eager_net, recipe, "cuda")
+    captured = TrainStep(captured_net, recipe, "cuda")
+    captured.capture()                  # its warm-up steps moved the weights: start again
+    captured_net.load_state_dict(eager_net.state_dict())
+    eager.reset()
+    images, labels = random_batch(override(recipe, [f"batch_size={3 * recipe.batch_size}"]), 0)
+    images, labels = images.cuda().half(), labels.cuda()
+    batches = torch.randperm(len(labels), device="cuda").view(3, -1)
+    for i in range(FREEZE + 3):
+        losses = []
+        for step in (eager, captured):
+            step.load(images, labels, batches[i % 3])
+            losses.append(step().float())
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-3, atol=1e-3)
+    assert captured.graphs is not None and not captured_net.whiten.bias.requires_grad
+    for a, b in zip(eager_net.state_dict().values(), captured_net.state_dict().values()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=1e-3)
+    assert eager.correct.item() == pytest.approx(captured.correct.item(), abs=len(labels))
