@@ -102,9 +102,9 @@ class TrainBatches:
         return images.contiguous(memory_format=self.memory_format)
 
     def epoch(self, epoch):
+        """The epoch's augmented images, and the indices of each step's batch (one row per
+        step, a shuffled partition of the set without the remainder)."""
         images = self.augmented(epoch)
         order = torch.randperm(len(self.labels), device=self.labels.device,
                                generator=self.generator)
-        for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield images[index], self.labels[index]
+        return images, order[:len(self) * self.batch_size].view(len(self), self.batch_size)

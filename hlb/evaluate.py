@@ -109,10 +109,10 @@ def logits(net, images, views, batch_size, tta_fraction=1.0):
 
 def evaluate(net, images, labels, recipe, tta=True):
     """(accuracy, mean loss) under the recipe's TTA, or plain with tta=False, as device
-    tensors; reading them is the caller's sync. The loss is plain cross-entropy (no label
-    smoothing)."""
+    tensors; reading them is the caller's sync. The loss is label-smoothed as the training
+    loss is, so the two compare."""
     views = recipe_views(recipe, tta)
     out = logits(net, images, views, recipe.eval_batch_size, recipe.tta_fraction)
     accuracy = (out.argmax(1) == labels).float().mean()
-    loss = F.cross_entropy(out, labels)
+    loss = F.cross_entropy(out, labels, label_smoothing=recipe.label_smoothing)
     return accuracy, loss

@@ -159,3 +159,41 @@ def whitening_weights(images, size, eps):
 def init_whitening(net, images, eps):
     filters = whitening_weights(images, net.whiten.kernel_size[0], eps)
     net.whiten.weight.copy_(torch.cat([filters, -filters]))
+
+
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def compute_dtype(recipe, device):
+    """The dtype of weights and activations: the recipe's on a GPU, fp32 on a CPU."""
+    return PRECISIONS[recipe.precision] if torch.device(device).type == "cuda" else torch.float
+
+
+def build_net(recipe, device):
+    """The network, placed and cast for `device`. Build once per invocation; `reset` per run."""
+    net = make_net(recipe).to(device)
+    if torch.device(device).type == "cuda":
+        dtype = compute_dtype(recipe, device)
+        if dtype != torch.float:
+            net.to(dtype)
+            for m in net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.float()          # BatchNorm statistics need fp32
+        if recipe.channels_last:
+            net.to(memory_format=torch.channels_last)
+    return net
+
+
+def reset(net):
+    """Fresh random weights for a new run, written in place (a captured step keeps pointing at
+    the same tensors). The whitening bias keeps nn.Conv2d's random init; init_whitening later
+    sets the whitening weight from the data."""
+    for m in net.modules():
+        if m is not net and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
+def input_memory_format(recipe, device):
+    """The layout of the images fed to the network: channels-last on a GPU if the recipe asks."""
+    cuda = torch.device(device).type == "cuda"
+    return torch.channels_last if cuda and recipe.channels_last else torch.contiguous_format

@@ -13,9 +13,10 @@ from torch import nn
 def sgd_settings(recipe):
     """(lr, bias_lr, decay) for torch SGD from the recipe's decoupled values.
 
-    With Nesterov momentum m a constant gradient moves a weight 1 + 1/(1-m) times the raw step,
-    so the raw step is divided by that factor; `decay` is the fraction of each weight removed
-    per step at the peak learning rate.
+    With torch's Nesterov SGD and momentum m, a constant gradient moves a weight 1/(1-m) times
+    the raw step once the momentum has built up. The recipe's values divide the raw step by
+    1 + 1/(1-m) instead, the convention the airbench values were tuned with, so that constant
+    stays. `decay` is the fraction of each weight removed per step at the peak learning rate.
     """
     kilostep = 1024 * (1 + 1 / (1 - recipe.momentum))
     lr = recipe.lr / kilostep
@@ -73,11 +74,16 @@ class Muon(torch.optim.Optimizer):
     Each filter bank is rescaled to Frobenius norm sqrt(out_channels) before its step: a fixed
     norm stands in for weight decay, and makes `lr` a step size relative to the weights.
     The step treats all filters at once (multi-tensor ops, one batched orthogonalisation).
+    `lr` may be a float or a 0-dim tensor on the device (see Schedule).
     """
 
     def __init__(self, params, lr, momentum, ns_steps, orthogonalize=orthogonalize_all):
         super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps))
         self.orthogonalize = orthogonalize
+        # Made once, so a step allocates no state (and a captured step keeps its addresses).
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["momentum"] = torch.zeros_like(p)
 
     @torch.no_grad()
     def step(self):
@@ -86,8 +92,7 @@ class Muon(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            buffers = [self.state[p].setdefault("momentum", torch.zeros_like(g))
-                       for p, g in zip(params, grads)]
+            buffers = [self.state[p]["momentum"] for p in params]
             torch._foreach_mul_(buffers, group["momentum"])
             torch._foreach_add_(buffers, grads)
             nesterov = torch._foreach_add(grads, buffers, alpha=group["momentum"])
@@ -95,60 +100,91 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_mul_(params, [len(p) ** 0.5 / n for p, n in zip(params, norms)])
             updates = self.orthogonalize([g.reshape(len(g), -1) for g in nesterov],
                                          group["ns_steps"])
-            torch._foreach_add_(params, [u.reshape(p.shape) for u, p in zip(updates, params)],
-                                alpha=-group["lr"])
+            updates = [u.reshape(p.shape) for u, p in zip(updates, params)]
+            torch._foreach_mul_(updates, group["lr"])      # a tensor lr: no host value
+            torch._foreach_sub_(params, updates)
 
 
 def make_optimizers(net, recipe):
-    """The optimizers of one run. Each param group's `peak_lr` is what the schedule scales."""
+    """The optimizers of one network, with their state made once (`zero_state` per run).
+
+    Each param group has a `name` and a `peak_lr`, which the schedule scales.
+    """
     lr, bias_lr, decay = sgd_settings(recipe)
     muon = recipe.optimizer == "muon"
     filters, bn_biases, others = [], [], []
     for module in net.modules():
         for p in module.parameters(recurse=False):
-            if not p.requires_grad:
+            if not p.requires_grad or p is net.whiten.bias:
                 continue
             if muon and p.ndim == 4:
                 filters.append(p)
             elif isinstance(module, nn.BatchNorm2d):
                 bn_biases.append(p)
-            elif p is net.whiten.bias:
-                pass
             else:
                 others.append(p)
     whiten_lr = lr * recipe.whiten_bias_lr_scale
-    whiten_steps = (recipe.whiten_bias_steps() if recipe.whiten_bias_own_schedule
-                    else recipe.total_steps())
     # torch SGD multiplies weight_decay by lr, so dividing by lr keeps decay independent of it.
-    groups = [dict(params=bn_biases, lr=bias_lr, weight_decay=decay / bias_lr),
-              dict(params=[net.whiten.bias], lr=whiten_lr, weight_decay=decay / whiten_lr,
-                   schedule_steps=whiten_steps),
-              dict(params=others, lr=lr, weight_decay=decay / lr)]
+    groups = [dict(name="bn_biases", params=bn_biases, lr=bias_lr, weight_decay=decay / bias_lr),
+              dict(name="whiten_bias", params=[net.whiten.bias], lr=whiten_lr,
+                   weight_decay=decay / whiten_lr),
+              dict(name="others", params=others, lr=lr, weight_decay=decay / lr)]
     # fused: one kernel per step for all of a group's tensors.
-    optimizers = [torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True,
-                                  fused=True)]
+    sgd = torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True, fused=True)
+    for p in (p for group in groups for p in group["params"]):
+        # With zero momentum the first step's buffer is the gradient itself, as torch's own
+        # first step makes it, but without a different first step.
+        sgd.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    optimizers = [sgd]
     if muon:
         # Compiled only on a GPU, as the network is (the CPU path stays eager).
         compiled = recipe.compile and net.whiten.bias.is_cuda
-        optimizers.append(Muon(filters, recipe.muon_lr, recipe.muon_momentum,
-                               recipe.muon_ns_steps,
+        optimizers.append(Muon([dict(name="filters", params=filters)], recipe.muon_lr,
+                               recipe.muon_momentum, recipe.muon_ns_steps,
                                compiled_orthogonalize_all() if compiled else orthogonalize_all))
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["peak_lr"] = group["lr"]
-            group.setdefault("schedule_steps", recipe.total_steps())
     return optimizers
 
 
-def set_learning_rates(optimizers, step, recipe):
-    """Each group's lr at `step`: its peak times the schedule, which spans the group's
-    `schedule_steps` (the run, or the whitening bias's training steps) and then stays at its
-    end value."""
-    for optimizer in optimizers:
-        for group in optimizer.param_groups:
-            span = group["schedule_steps"]
-            group["lr"] = group["peak_lr"] * lr_multiplier(
-                min(step, span), span, recipe.warmup_frac, recipe.lr_start, recipe.lr_end)
+def zero_state(optimizers):
+    """Start of a run: every optimizer's momentum back to zero, in place."""
+    torch._foreach_zero_([v for o in optimizers for state in o.state.values()
+                          for v in state.values()])
+
+
+class Schedule:
+    """Every param group's learning rate at every step of a run, as a table on the device.
+
+    Each group's `lr` becomes a 0-dim view into `now`; `advance()` copies the table's column
+    for the device step counter into `now`, then counts the step. The operations are the same
+    at every step (no Python float changes), so a captured step carries the schedule with it.
+    The whitening bias's group may run the schedule's shape over its own training steps.
+    """
+
+    def __init__(self, optimizers, recipe, whiten_bias_steps, device):
+        groups = [g for optimizer in optimizers for g in optimizer.param_groups]
+        total = recipe.total_steps()
+        own = recipe.whiten_bias_own_schedule
+        spans = [whiten_bias_steps if own and g["name"] == "whiten_bias" else total
+                 for g in groups]
+        self.table = torch.tensor(
+            [[g["peak_lr"] * lr_multiplier(min(step, span), span, recipe.warmup_frac,
+                                           recipe.lr_start, recipe.lr_end)
+              for step in range(total)] for g, span in zip(groups, spans)],
+            dtype=torch.float, device=device)
+        self.now = torch.zeros(len(groups), 1, device=device)
+        self.step = torch.zeros(1, dtype=torch.long, device=device)
+        for i, group in enumerate(groups):
+            group["lr"] = self.now[i, 0]
+
+    def reset(self):
+        self.step.zero_()
+
+    def advance(self):
+        torch.index_select(self.table, 1, self.step, out=self.now)
+        self.step.add_(1)
 
 
 def lr_multiplier(step, total_steps, warmup_frac, start, end):
@@ -162,16 +198,19 @@ def lr_multiplier(step, total_steps, warmup_frac, start, end):
 
 class Lookahead:
     """Every few steps, pull a slow copy of the weights toward the fast ones, then restart the
-    fast weights from the slow copy. The pull is weak early and strong late in training.
+    fast weights from the slow copy. The pull is weak early and strong late in training: its
+    weight is decay * (step / total) ** ramp.
 
     The slow copy holds every floating-point entry of the state dict, BatchNorm running
-    statistics included.
+    statistics included. It is not part of the captured step: the training loop calls it
+    between steps, two multi-tensor kernels every `every` steps.
     """
 
-    def __init__(self, net, every, decay_per_step, total_steps):
+    def __init__(self, net, every, decay_per_step, total_steps, ramp=3.0):
         self.every = every
         self.decay = decay_per_step ** every
         self.total_steps = total_steps
+        self.ramp = ramp
         # The state dict's tensors share storage with the network, so this list stays live.
         self.fast = [v for v in net.state_dict().values() if v.is_floating_point()]
         self.slow = [v.detach().clone() for v in self.fast]
@@ -185,7 +224,7 @@ class Lookahead:
     def after_step(self, step):
         """Call with the number of steps taken so far."""
         if self.every and step % self.every == 0:
-            self._pull(self.decay * (step / self.total_steps) ** 3)
+            self._pull(self.decay * (step / self.total_steps) ** self.ramp)
 
     def finish(self):
         """End of training: the network takes the slow weights (if Lookahead is on)."""

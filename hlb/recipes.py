@@ -134,7 +134,9 @@ class Recipe:
                                      # the freeze), not the run's
     lookahead_every: int = knob(5, Span(0, 10_000))  # steps between Lookahead pulls; 0 is off
     lookahead_decay: float = knob(0.95, Span(0, 1))  # per step; the pull's weight also grows
-                                     # as (step/total)^3
+                                     # as (step/total)^lookahead_ramp
+    lookahead_ramp: float = knob(3.0, Span(0, 100))  # exponent of that growth: 1 linear,
+                                     # larger = later pulls
 
     optimizer: str = knob("sgd", OneOf(("sgd", "muon")))  # "muon": Muon for the 3x3 conv
                                      # filters and SGD (above) for biases and the head
@@ -163,6 +165,9 @@ class Recipe:
                                      # step (compile time is reported apart, as the warm-up)
     compile_mode: str = knob("default", OneOf(COMPILE_MODES))  # "reduce-overhead" is CUDA
                                      # graphs
+    capture_step: bool = knob(False, FLAG)  # replay each training step as a CUDA graph,
+                                     # captured in the untimed warm-up; GPU only (the CPU runs
+                                     # the same step eagerly)
 
     def __post_init__(self):
         validate(self)

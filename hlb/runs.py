@@ -24,11 +24,13 @@ import torch
 from hlb import dist
 from hlb.dataset import CIFAR10_TAR_MD5, CIFAR10_URL, default_data_dir, load_cifar10
 from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
+from hlb.model import build_net
 from hlb.overrides import override
 from hlb.recipes import Recipe, get_recipe
 from hlb.report import Listener
 from hlb.stats import Summary, summarize
-from hlb.train import EpochRow, RunResult, build_net, to_device, train_run
+from hlb.step import TrainStep
+from hlb.train import EpochRow, RunResult, to_device, train_run
 
 
 class Stopped(Exception):
@@ -93,6 +95,7 @@ class PreparedRecipe:
         self.net = build_net(recipe, device)
         self.forward = (torch.compile(self.net, mode=recipe.compile_mode)
                         if self.cuda and recipe.compile else self.net)
+        self.step = TrainStep(self.net, recipe, device, self.forward)
         # The record names the kind of device; which GPU ran which run is the launcher's.
         self.record = Record(recipe=recipe, device=torch.device(device).type,
                              data_fingerprint=cifar.fingerprint, seed=seed,
@@ -105,8 +108,10 @@ class PreparedRecipe:
             return
         listener.warmup_started()
         tick = time.perf_counter()
+        if self.recipe.capture_step:
+            self.step.capture()            # the CPU ignores capture_step: it has no warm-up
         train_run(self.recipe, self.data, self.net, self.device, seed=self.record.seed + 2**31,
-                  run=-1, forward=self.forward)
+                  run=-1, forward=self.forward, step=self.step)
         torch.cuda.synchronize(self.device)
         self.record.warmup_s = time.perf_counter() - tick
         listener.warmup_finished(self.record.warmup_s)
@@ -117,7 +122,8 @@ class PreparedRecipe:
         listener.run_started(i, runs)
         return train_run(self.recipe, self.data, self.net, self.device,
                          seed=self.record.seed + i, run=i, forward=self.forward,
-                         on_epoch=listener.epoch, on_step=listener.step, target_acc=target_acc)
+                         step=self.step, on_epoch=listener.epoch, on_step=listener.step,
+                         target_acc=target_acc)
 
 
 def load_data(data_dir=None):

@@ -189,7 +189,7 @@ def _recipe(path, text):
 
 def load_saved(path, device="cpu"):
     """Read a file written by save/save_model and rebuild its network on `device`."""
-    from hlb.train import build_net
+    from hlb.model import build_net
 
     tensors, metadata = read_safetensors(path)
     if metadata.get("format") != FORMAT:
@@ -230,7 +230,8 @@ def evaluate_saved(path, data_dir=None, device=None):
     from hlb.augment import normalize
     from hlb.evaluate import evaluate
     from hlb.runs import load_data, resolve_device
-    from hlb.train import compute_dtype, to_device
+    from hlb.model import compute_dtype
+    from hlb.train import to_device
 
     device = resolve_device(device)
     saved = load_saved(path, device)

@@ -149,7 +149,7 @@ def main(argv=None):
     bench.warmup(Listener())
     result, wall, prof = profile_call(
         lambda: train_run(recipe, bench.data, bench.net, device, seed=1,
-                          forward=bench.forward), bench.cuda)
+                          forward=bench.forward, step=bench.step), bench.cuda)
     steps = recipe.total_steps()
     lines = [f"recipe {recipe.name} on {device}: {steps} steps, TTA accuracy "
              f"{result.tta_acc:.4f}, timed {result.train_time_s:.3f} s, wall {wall:.3f} s "

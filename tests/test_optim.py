@@ -3,9 +3,9 @@ import torch
 
 from conftest import synthetic_cifar
 from hlb.model import make_net
-from hlb.optim import (Lookahead, Muon, lr_multiplier, make_optimizers, newton_schulz,
-                       compiled_orthogonalize_all, orthogonalize_all, set_learning_rates,
-                       sgd_settings)
+from hlb.optim import (Lookahead, Muon, Schedule, lr_multiplier, make_optimizers,
+                       newton_schulz, compiled_orthogonalize_all, orthogonalize_all,
+                       sgd_settings, zero_state)
 from hlb.overrides import override
 from hlb.recipes import RECIPES
 from hlb.runs import run_recipe
@@ -133,29 +133,67 @@ def test_lookahead_covers_buffers_and_mixed_dtypes():
     assert torch.all(net[1].running_mean == 1.0)
 
 
+def lr_at(schedule, optimizers, step):
+    """Each group's lr at `step`, as Python floats, read from the device schedule."""
+    schedule.step.fill_(step)
+    schedule.advance()
+    return [float(g["lr"]) for o in optimizers for g in o.param_groups]
+
+
 def test_whitening_bias_can_run_its_own_schedule_to_the_freeze():
     recipe = RECIPES["94muon"]                # 25 steps per epoch, frozen after 3 epochs
     assert recipe.whiten_bias_own_schedule and recipe.whiten_bias_steps() == 75
-    net = make_net(recipe)
-    optimizers = make_optimizers(net, recipe)
-    sgd = optimizers[0]
-    bn, whiten, head = sgd.param_groups
+    optimizers = make_optimizers(make_net(recipe), recipe)
+    schedule = Schedule(optimizers, recipe, 75, "cpu")
+    groups = [g for o in optimizers for g in o.param_groups]
+    assert [g["name"] for g in groups] == ["bn_biases", "whiten_bias", "others", "filters"]
+    peaks = [g["peak_lr"] for g in groups]
 
-    def lrs(step):
-        set_learning_rates(optimizers, step, recipe)
-        return whiten["lr"] / whiten["peak_lr"], head["lr"] / head["peak_lr"]
+    def ratios(step):
+        return [lr / peak for lr, peak in zip(lr_at(schedule, optimizers, step), peaks)]
 
-    assert lrs(0) == (1.0, 1.0)
-    assert lrs(30) == pytest.approx((1 - 30 / 75, 1 - 30 / 200))
-    assert lrs(150) == pytest.approx((0.0, 0.25))             # held at the end, never negative
-    assert bn["lr"] / bn["peak_lr"] == pytest.approx(0.25)
-    assert optimizers[1].param_groups[0]["lr"] == pytest.approx(0.25 * recipe.muon_lr)
+    assert ratios(0) == pytest.approx([1.0] * 4)
+    assert ratios(30) == pytest.approx([1 - 30 / 200, 1 - 30 / 75, 1 - 30 / 200, 1 - 30 / 200])
+    # Held at the end, never negative.
+    assert ratios(150) == pytest.approx([0.25, 0.0, 0.25, 0.25])
+    assert groups[3]["lr"].item() == pytest.approx(0.25 * recipe.muon_lr)
     # Recipe 94 keeps one schedule for every group.
     plain = RECIPES["94"]
     optimizers = make_optimizers(make_net(plain), plain)
-    set_learning_rates(optimizers, 200, plain)
-    ratios = {g["lr"] / g["peak_lr"] for g in optimizers[0].param_groups}
-    assert len(ratios) == 1
+    schedule = Schedule(optimizers, plain, plain.whiten_bias_steps(), "cpu")
+    peaks = [g["peak_lr"] for g in optimizers[0].param_groups]
+    values = lr_at(schedule, optimizers, 200)
+    assert len({round(lr / peak, 6) for lr, peak in zip(values, peaks)}) == 1
+
+
+def test_the_device_schedule_holds_the_float_schedule_and_counts_steps():
+    recipe = RECIPES["smoke"]
+    optimizers = make_optimizers(make_net(recipe), recipe)
+    schedule = Schedule(optimizers, recipe, recipe.whiten_bias_steps(), "cpu")
+    sgd_head = optimizers[0].param_groups[2]
+    for step in range(recipe.total_steps()):
+        schedule.advance()
+        expected = sgd_head["peak_lr"] * lr_multiplier(step, recipe.total_steps(),
+                                                       recipe.warmup_frac, recipe.lr_start,
+                                                       recipe.lr_end)
+        assert sgd_head["lr"].item() == torch.tensor(expected).item()   # the same float32
+    assert schedule.step.item() == recipe.total_steps()
+    schedule.reset()
+    assert schedule.step.item() == 0
+
+
+def test_optimizer_state_is_made_once_and_zeroed_in_place():
+    recipe = RECIPES["94muon"]
+    net = make_net(recipe)
+    optimizers = make_optimizers(net, recipe)
+    state = [v for o in optimizers for s in o.state.values() for v in s.values()]
+    # One buffer per trained tensor, the whitening bias included.
+    assert len(state) == sum(p.requires_grad for p in net.parameters())
+    for v in state:
+        v.fill_(1.0)
+    zero_state(optimizers)
+    after = [v for o in optimizers for s in o.state.values() for v in s.values()]
+    assert all(a is b for a, b in zip(after, state)) and all(v.eq(0).all() for v in after)
 
 
 def test_batched_orthogonalization_equals_one_matrix_at_a_time():
@@ -198,3 +236,15 @@ def test_muon_step_equals_the_per_filter_method():
             w.mul_(len(w) ** 0.5 / w.norm()).add_(update.view_as(w), alpha=-0.1)
     for p, w in zip(params, expected):
         assert torch.allclose(p.detach(), w, atol=1e-5)
+
+
+def test_lookahead_ramp_sets_how_fast_the_pull_grows():
+    # Half-way through, keep = decay * 0.5 ** ramp of the slow copy.
+    for ramp, keep in ((1.0, 0.5), (3.0, 0.125)):
+        net = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(net.weight)
+        la = Lookahead(net, every=1, decay_per_step=1.0, total_steps=2, ramp=ramp)
+        with torch.no_grad():
+            net.weight.fill_(1.0)
+        la.after_step(1)
+        assert net.weight.item() == pytest.approx(1 - keep)

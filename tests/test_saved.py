@@ -22,7 +22,7 @@ from hlb.evaluate import evaluate
 from hlb.overrides import override
 from hlb.recipes import get_recipe
 from hlb.saved import FORMAT, load_saved, read_safetensors, save, save_model, write_safetensors
-from hlb.train import build_net
+from hlb.model import build_net
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train_images=600", "test_images=300", "batch_size=100", "epochs=1",

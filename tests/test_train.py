@@ -4,10 +4,13 @@ import pytest
 import torch
 
 from conftest import synthetic_cifar
+from hlb.augment import normalize
+from hlb.evaluate import evaluate
+from hlb.model import build_net, compute_dtype, reset
 from hlb.overrides import override
 from hlb.recipes import RECIPES
 from hlb.runs import run_recipe
-from hlb.train import build_net, compute_dtype, to_device, train_run
+from hlb.train import to_device, train_run
 
 TINY = ["train_images=512", "test_images=256", "batch_size=64", "epochs=3.0",
         "widths=16,32,32", "whiten_init_images=256", "eval_batch_size=256"]
@@ -96,3 +99,27 @@ def test_precision_applies_on_a_gpu_only():
         assert compute_dtype(recipe, "cuda") == dtype
         assert compute_dtype(recipe, "cuda:1") == dtype
         assert compute_dtype(recipe, "cpu") == torch.float32
+
+
+def test_reset_keeps_the_whitening_bias_random_as_conv2d_makes_it():
+    # As in airbench: nn.Conv2d's uniform init, bound 1/sqrt(fan_in) = 1/sqrt(3*2*2).
+    net = build_net(tiny_recipe(), "cpu")
+    torch.manual_seed(0)
+    reset(net)
+    bias = net.whiten.bias.detach().clone()
+    assert bias.abs().max() <= 12 ** -0.5 and bias.abs().min() > 0 and bias.std() > 0.1
+    torch.manual_seed(1)
+    reset(net)
+    assert not torch.equal(bias, net.whiten.bias)
+
+
+def test_the_test_loss_is_label_smoothed_like_the_training_loss():
+    recipe = tiny_recipe("epochs=1.0", "label_smoothing=0.5")
+    data = to_device(synthetic_cifar(), recipe, "cpu")
+    net = build_net(recipe, "cpu")
+    result = train_run(recipe, data, net, "cpu", seed=0)
+    test_images = normalize(data.test_images, torch.float)
+    _, smoothed = evaluate(net, test_images, data.test_labels, 0, 256, label_smoothing=0.5)
+    _, plain = evaluate(net, test_images, data.test_labels, 0, 256)
+    assert result.epochs[-1].val_loss == pytest.approx(smoothed.item(), rel=1e-5)
+    assert abs(smoothed.item() - plain.item()) > 1e-3
