@@ -9,8 +9,10 @@ from conftest import synthetic_cifar
 from hlb.errors import UsageError
 from hlb.model import build_net, reset
 from hlb.optim import Lookahead, lr_multiplier, orthogonalize_all, sgd_settings
-from hlb.recipes import RECIPES, override
-from hlb.runs import Bench, Quiet
+from hlb.overrides import override
+from hlb.recipes import RECIPES
+from hlb.report import Listener
+from hlb.runs import PreparedRecipe
 from hlb.step import TrainStep
 
 # 8 steps per epoch, 24 in all; the whitening bias freezes after step 8.
@@ -256,10 +258,10 @@ def test_inductors_own_cuda_graphs_cannot_sit_inside_a_captured_step():
 
 def test_the_cpu_ignores_capture_step_and_runs_the_same_step_eagerly():
     # The rule: capture happens only in a GPU's warm-up, and the CPU has no warm-up.
-    bench = Bench(override(SGD, ["capture_step=true"]), "cpu", synthetic_cifar(), seed=0)
-    bench.warmup(Quiet())
+    bench = PreparedRecipe(override(SGD, ["capture_step=true"]), "cpu", synthetic_cifar(), seed=0)
+    bench.warmup(Listener())
     assert bench.step.graphs is None
-    result = bench.run(0, 1, Quiet())
+    result = bench.run(0, 1, Listener())
     assert not result.diverged and result.tta_acc > 0.1
 
 

@@ -119,7 +119,8 @@ def test_the_test_loss_is_label_smoothed_like_the_training_loss():
     net = build_net(recipe, "cpu")
     result = train_run(recipe, data, net, "cpu", seed=0)
     test_images = normalize(data.test_images, torch.float)
-    _, smoothed = evaluate(net, test_images, data.test_labels, 0, 256, label_smoothing=0.5)
-    _, plain = evaluate(net, test_images, data.test_labels, 0, 256)
+    _, smoothed = evaluate(net, test_images, data.test_labels, recipe, tta=False)
+    unsmoothed = override(recipe, ["label_smoothing=0"])
+    _, plain = evaluate(net, test_images, data.test_labels, unsmoothed, tta=False)
     assert result.epochs[-1].val_loss == pytest.approx(smoothed.item(), rel=1e-5)
     assert abs(smoothed.item() - plain.item()) > 1e-3
