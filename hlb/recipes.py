@@ -12,72 +12,11 @@ import math
 from dataclasses import dataclass
 
 from hlb.errors import UsageError
+from hlb.knobs import FLAG, Ints, OneOf, Span, field_problems, knob
 
 IMAGE_SIDE = 32                  # CIFAR-10 images are 32 x 32 pixels
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def _number(x):
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-@dataclass(frozen=True)
-class Span:
-    """A number from `lo` to `hi`, finite; an `open` end is excluded (for `int` fields an
-    integer)."""
-    lo: float
-    hi: float
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def allows(self, value):
-        above = value > self.lo if self.lo_open else value >= self.lo
-        below = value < self.hi if self.hi_open else value <= self.hi
-        # Bounds first: math.isfinite cannot take an int too large for a float.
-        return above and below and math.isfinite(value)
-
-    def describe(self, kind):
-        if kind is int:
-            return f"an integer from {self.lo} to {self.hi}"
-        return (f"a number in {'(' if self.lo_open else '['}{_number(self.lo)}, "
-                f"{_number(self.hi)}{')' if self.hi_open else ']'}")
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """One of a few values."""
-    choices: tuple
-
-    def allows(self, value):
-        return value in self.choices
-
-    def describe(self, kind):
-        if kind is bool:
-            return "true or false"
-        return "one of " + ", ".join(str(c) for c in self.choices)
-
-
-@dataclass(frozen=True)
-class Ints:
-    """`count` integers, each from `lo` to `hi` (written "64,256,256" on the command line)."""
-    count: int
-    lo: int
-    hi: int
-
-    def allows(self, value):
-        return len(value) == self.count and all(self.lo <= v <= self.hi for v in value)
-
-    def describe(self, kind):
-        return f"{self.count} comma-separated integers from {self.lo} to {self.hi}"
-
-
-FLAG = OneOf((True, False))
-
-
-def knob(default, allowed):
-    """A Recipe field: its default and the values it allows (Span, OneOf or Ints)."""
-    return dataclasses.field(default=default, metadata={"allowed": allowed})
 
 
 @dataclass(frozen=True)
@@ -186,24 +125,6 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-def _typed(kind, value):
-    """`value` as a `kind` field holds it, or None when it is of another type (an int is
-    taken for a float; a bool is never a number)."""
-    if isinstance(value, bool) != (kind is bool):
-        return None
-    if kind is float and isinstance(value, int):
-        return float(value)
-    if kind is tuple:
-        ok = isinstance(value, tuple) and all(type(v) is int for v in value)
-        return value if ok else None
-    return value if isinstance(value, kind) else None
-
-
-def _shown(value):
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _links(r):
     """Rules that tie fields together: (key, whether it holds, what is allowed)."""
     return [
@@ -216,21 +137,10 @@ def _links(r):
 
 def validate(recipe):
     """Raise one UsageError naming every value outside its field's range (then the rules
-    between fields); fields declared `float` and given an int are stored as floats."""
-    problems = []
-    for f in dataclasses.fields(recipe):
-        allowed = f.metadata.get("allowed")
-        if allowed is None:
-            continue
-        value = getattr(recipe, f.name)
-        typed = _typed(f.type, value)
-        if typed is None or not allowed.allows(typed):
-            problems.append(f"{f.name}={_shown(value)}: expected {allowed.describe(f.type)}")
-        elif typed is not value:
-            object.__setattr__(recipe, f.name, typed)      # frozen: the one way to store it
-    if not problems:
-        problems = [f"{key}={getattr(recipe, key)!r}: expected {allowed}"
-                    for key, holds, allowed in _links(recipe) if not holds]
+    between fields)."""
+    problems = field_problems(recipe) or [
+        f"{key}={getattr(recipe, key)!r}: expected {allowed}"
+        for key, holds, allowed in _links(recipe) if not holds]
     if problems:
         raise UsageError(f"recipe {recipe.name!r}: " + "; ".join(problems))
 

@@ -1,0 +1,104 @@
+"""Declared ranges for the fields of a frozen dataclass (the Recipe's): each field is a `knob`,
+its default and the values it allows, declared together and checked when the object is built.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+
+def _number(x):
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A number from `lo` to `hi`, finite; an `open` end is excluded (for `int` fields an
+    integer)."""
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def allows(self, value):
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        # Bounds first: math.isfinite cannot take an int too large for a float.
+        return above and below and math.isfinite(value)
+
+    def describe(self, kind):
+        if kind is int:
+            return f"an integer from {self.lo} to {self.hi}"
+        return (f"a number in {'(' if self.lo_open else '['}{_number(self.lo)}, "
+                f"{_number(self.hi)}{')' if self.hi_open else ']'}")
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few values."""
+    choices: tuple
+
+    def allows(self, value):
+        return value in self.choices
+
+    def describe(self, kind):
+        if kind is bool:
+            return "true or false"
+        return "one of " + ", ".join(str(c) for c in self.choices)
+
+
+@dataclass(frozen=True)
+class Ints:
+    """`count` integers, each from `lo` to `hi` (written "64,256,256" on the command line)."""
+    count: int
+    lo: int
+    hi: int
+
+    def allows(self, value):
+        return len(value) == self.count and all(self.lo <= v <= self.hi for v in value)
+
+    def describe(self, kind):
+        return f"{self.count} comma-separated integers from {self.lo} to {self.hi}"
+
+
+FLAG = OneOf((True, False))
+
+
+def knob(default, allowed):
+    """A Recipe field: its default and the values it allows (Span, OneOf or Ints)."""
+    return dataclasses.field(default=default, metadata={"allowed": allowed})
+
+
+def _typed(kind, value):
+    """`value` as a `kind` field holds it, or None when it is of another type (an int is
+    taken for a float; a bool is never a number)."""
+    if isinstance(value, bool) != (kind is bool):
+        return None
+    if kind is float and isinstance(value, int):
+        return float(value)
+    if kind is tuple:
+        ok = isinstance(value, tuple) and all(type(v) is int for v in value)
+        return value if ok else None
+    return value if isinstance(value, kind) else None
+
+
+def _shown(value):
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def field_problems(obj):
+    """One text per field of `obj` outside its declared range; fields declared `float` and
+    given an int are stored as floats (the object is frozen: this is its one way in)."""
+    problems = []
+    for f in dataclasses.fields(obj):
+        allowed = f.metadata.get("allowed")
+        if allowed is None:
+            continue
+        value = getattr(obj, f.name)
+        typed = _typed(f.type, value)
+        if typed is None or not allowed.allows(typed):
+            problems.append(f"{f.name}={_shown(value)}: expected {allowed.describe(f.type)}")
+        elif typed is not value:
+            object.__setattr__(obj, f.name, typed)
+    return problems
