@@ -144,8 +144,8 @@ def test_ctrl_c_while_a_finished_run_is_shown_keeps_it(fake_training):
     assert [r.run for r in stopped.value.records[0].results] == [0]
 
 
-def test_the_listener_declares_the_six_calls():
-    for name in ("warmup_started", "warmup_finished", "run_started", "step", "epoch",
+def test_the_listener_declares_its_calls():
+    for name in ("planned", "warmup_started", "warmup_finished", "run_started", "step", "epoch",
                  "run_finished"):
         assert callable(getattr(Listener, name))
     with pytest.raises(AttributeError):
