@@ -89,10 +89,15 @@ def test_runs_already_in_a_record_are_kept_and_not_run_again(fake_training):
     kept = [RunResult(run=i, seed=i, tta_acc=0.9, train_time_s=1.0) for i in (0, 2)]
     prepared.record.results = list(kept)
     heard = []
-    record, = run_rounds([prepared], 4, [Log("A", heard)], LocalScheduler("cpu"))
+    planned = []
+    log = Log("A", heard)
+    log.planned = lambda runs, steps: planned.append((runs, steps))
+    record, = run_rounds([prepared], 4, [log], LocalScheduler("cpu"))
     assert [r.run for r in record.results] == [0, 1, 2, 3]
     assert record.results[0] is kept[0] and record.results[2] is kept[1]
     assert [h[2] for h in heard if h[1] == "start"] == [1, 3]
+    assert planned == [(2, RECIPE.total_steps())]       # told before, for the time left
+    assert record.runs_asked == 4
 
 
 @pytest.mark.parametrize("fault, kind, text", [
