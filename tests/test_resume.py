@@ -2,7 +2,6 @@
 torchrun worker), and a resume that is not the interrupted command, or a record cut short or
 edited, is refused in one line (here and in `runs`, `plot` and `compare`)."""
 
-import copy
 import json
 import os
 import signal
