@@ -16,7 +16,7 @@ import os
 import re
 import time
 from bisect import insort
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import torch
@@ -206,6 +206,10 @@ class TorchrunScheduler(LocalScheduler):
                 value = work()
             except HlbError as e:
                 error = e
+            except Exception as e:
+                with suppress(HlbError):
+                    self.agree(Unexpected.wrapping(e))     # the others stop, not wait
+                raise
         self.agree(error)
         return self.group.exchange(value)[0]
 
