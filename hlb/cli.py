@@ -1,8 +1,9 @@
 """The command line: parse flags, run, print, write the record, set the exit status.
 
-Exit status: 0 success; 1 a data problem, a run that diverged, or an unexpected error (its
-traceback saved to a file, see `main`); 2 a usage error; 130 Ctrl-C or SIGTERM (a scheduler's
-time limit, `timeout`). All of them keep the finished runs.
+Exit status: 0 success; 1 a data problem, a run that diverged, a record cut short or edited,
+or an unexpected error (its traceback saved to a file, see `main`); 2 a usage error (a
+--resume that is not the interrupted command, too); 130 Ctrl-C or SIGTERM (a scheduler's time
+limit, `timeout`). All of them keep the finished runs, and --resume runs the rest.
 Under torchrun (hlb.dist) rank 0 prints, writes and sets that status; the other ranks stay
 silent and exit 0 (130 on Ctrl-C), except for an error only they can report.
 """
