@@ -1,8 +1,9 @@
 """The command line: parse flags, run, print, write the record, set the exit status.
 
-Exit status: 0 success; 1 a data problem, a run that diverged, or an unexpected error (its
-traceback saved to a file, see `main`); 2 a usage error; 130 Ctrl-C or SIGTERM (a scheduler's
-time limit, `timeout`). All of them keep the finished runs.
+Exit status: 0 success; 1 a data problem, a run that diverged, a record cut short or edited,
+or an unexpected error (its traceback saved to a file, see `main`); 2 a usage error (a
+--resume that is not the interrupted command, too); 130 Ctrl-C or SIGTERM (a scheduler's time
+limit, `timeout`). All of them keep the finished runs, and --resume runs the rest.
 Under torchrun (hlb.dist) rank 0 prints, writes and sets that status; the other ranks stay
 silent and exit 0 (130 on Ctrl-C), except for an error only they can report.
 """
@@ -18,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from hlb import resume
 from hlb.compare import compare, compare_records, comparison_dict, comparison_lines
 from hlb.dist import world_from_env
 from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
@@ -25,7 +27,7 @@ from hlb.overrides import override
 from hlb.plot import plot_records
 from hlb.recipes import RECIPES, get_recipe
 from hlb.records import default_runs_dir, list_records, records_table, save_record
-from hlb.report import Table, record_dict, summary_lines, write_json_atomic
+from hlb.report import Progress, Table, record_dict, summary_lines, write_json_atomic
 from hlb.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
 from hlb.sweep import make_grid, run_sweep, sweep_dict, table_lines
 from hlb.train import DIVERGED_LOSS
@@ -60,7 +62,19 @@ def build_parser():
     p.add_argument("--save-model", default=None, metavar="PATH",
                    help="save the final network of the last run (if it finished) as "
                         "safetensors, with the recipe and results; `eval PATH` tests it")
+    _add_resume(p)
     return p
+
+
+def _add_resume(p):
+    p.add_argument("--resume", default=None, metavar="RECORD.json",
+                   help="go on with an interrupted invocation: give its flags again and the "
+                        "record it wrote (--json, or its copy under runs/); the runs it lacks "
+                        "are run and RECORD.json is rewritten in place, atomically, as if "
+                        "nothing had happened (--json writes elsewhere instead); the record is "
+                        "kept under runs/ as usual")
+    p.add_argument("--allow-other-commit", action="store_true",
+                   help="let --resume go on with code of another git commit")
 
 
 def build_compare_parser():
@@ -80,6 +94,7 @@ def build_compare_parser():
                    help="write both records and the comparison here")
     p.add_argument("--no-save", action="store_true",
                    help="do not keep each arm's record under the runs folder")
+    _add_resume(p)
     return p
 
 
@@ -208,16 +223,47 @@ def _report_unexpected(error, folder):
     return 1
 
 
-def _check_json(path, scheduler):
-    """Check --json before training. Under torchrun rank 0 alone writes, so it alone checks,
-    and every rank stops with it, so none is left waiting for it."""
-    error = None
-    if path and scheduler.leader:
-        try:
-            _check_writable(path)
-        except UsageError as e:
-            error = e
-    scheduler.agree(error)
+def _record_path(args):
+    """Where the record goes: --json, else the --resume file itself, else nowhere."""
+    return args.json or args.resume
+
+
+def _check_start(args, arms, device, scheduler):
+    """Before any data is touched: check that the record can be written and, with --resume,
+    read the record and check that this command is the one that wrote it; return the
+    record of each arm (None without --resume). Under torchrun rank 0 alone writes, so it
+    alone checks, and every rank stops with it (or gets the records from it)."""
+    def work():
+        if _record_path(args):
+            _check_writable(_record_path(args), "--json" if args.json else "--resume")
+        if not args.resume:
+            return None
+        data = resume.read(args.resume, compare=len(arms) == 2)
+        records = [data["a"], data["b"]] if len(arms) == 2 else [data]
+        for record, (recipe, overrides), arm in zip(records, arms, _arm_names(arms)):
+            resume.check_same(record, args.resume + arm, recipe, overrides, args.seed,
+                              args.runs, getattr(args, "target_acc", None), device)
+            resume.check_commit(record, args.resume + arm, args.allow_other_commit)
+        return records
+
+    return scheduler.on_leader(work)
+
+
+def _arm_names(arms):
+    return [" arm a", " arm b"] if len(arms) == 2 else [""]
+
+
+def _restore(saved, prepared, path, fingerprint, leader):
+    """Put the finished runs of the --resume record back (after checking the data)."""
+    if saved is None:
+        return
+    for record, p, arm in zip(saved, prepared, _arm_names(prepared)):
+        resume.check_data(record, path + arm, fingerprint)
+        resume.restore(p.record, record, path, arm)
+    if leader:
+        kept = [r.run for r in prepared[0].record.results]
+        print(f"  resuming {path}: run(s) {', '.join(map(str, kept)) or 'none'} kept as they "
+              "were", flush=True)
 
 
 def _spread(scheduler):
@@ -237,6 +283,11 @@ def _write_record(path, data):
     except OSError as e:
         raise HlbError(f"could not write the record {path} ({e.strerror or e}); "
                        "nothing was left behind") from None
+
+
+def _quicker(recipe):
+    """The quicker alternative a long estimate names."""
+    return "--recipe smoke" if recipe.name != "smoke" else "fewer --runs"
 
 
 def _run(prepared, runs, listeners, scheduler, json_path, data_of, target_acc=None):
@@ -289,20 +340,23 @@ def _main(argv):
     wall = time.perf_counter()
     device = resolve_device(args.device)
     with scheduler_for(device) as scheduler:
-        _check_json(args.json, scheduler)
+        saved = _check_start(args, [(recipe, args.set)], device, scheduler)
         if scheduler.leader:
             print(f"hlb-cifar10: recipe {recipe.name}, {args.runs} run(s) on {device}"
                   f"{_spread(scheduler)}", flush=True)
-        prepared = PreparedRecipe(recipe, scheduler.device,
-                                  scheduler.load_data(args.data_dir), args.seed, args.set)
-        (record,), error = _run([prepared], args.runs, [Table()], scheduler, args.json,
+        cifar = scheduler.load_data(args.data_dir)
+        prepared = PreparedRecipe(recipe, scheduler.device, cifar, args.seed, args.set)
+        _restore(saved, [prepared], args.resume, cifar.fingerprint, scheduler.leader)
+        table = Table(progress=Progress(_quicker(recipe)))
+        (record,), error = _run([prepared], args.runs, [table], scheduler, _record_path(args),
                                 lambda records: _record_data(records[0], argv, scheduler),
                                 args.target_acc)
         if not scheduler.leader:
             return 130 if isinstance(error, KeyboardInterrupt) else 0
         record.wall_s = time.perf_counter() - wall
         print("\n".join(summary_lines(record)))
-        folder = _keep(_record_data(record, argv, scheduler), args.json, args.no_save)
+        folder = _keep(_record_data(record, argv, scheduler), _record_path(args),
+                       args.no_save)
         _save_model(args.save_model, record, error)
         status = _finish(error, folder, len(record.results))
         if status == 0 and record.summary.diverged:
@@ -319,7 +373,7 @@ def _compare_data(records, argv, scheduler):
 
 
 def _compare_saved(args):
-    if len(args.records) != 2 or args.a or args.b:
+    if len(args.records) != 2 or args.a or args.b or args.resume:
         raise UsageError("compare takes two records (A.json B.json) or --a/--b flags")
     if args.json:
         _check_writable(args.json)
@@ -343,7 +397,7 @@ def _compare(argv):
     wall = time.perf_counter()
     device = resolve_device(args.device)
     with scheduler_for(device) as scheduler:
-        _check_json(args.json, scheduler)
+        saved = _check_start(args, arms, device, scheduler)
         if scheduler.leader:
             print(f"hlb-cifar10 compare: A = {args.a or '(recipe as is)'}, B = "
                   f"{args.b or '(as is)'}; {args.runs} runs each, interleaved, seeds "
@@ -352,8 +406,11 @@ def _compare(argv):
         # Run i of both arms goes to the same process in the same round: the pairs stay paired.
         prepared = [PreparedRecipe(recipe, scheduler.device, cifar, args.seed, overrides)
                     for recipe, overrides in arms]
-        records, error = _run(prepared, args.runs, [Table(label="A"), Table(label="B")],
-                              scheduler, args.json,
+        _restore(saved, prepared, args.resume, cifar.fingerprint, scheduler.leader)
+        progress = Progress(_quicker(arms[0][0]))
+        records, error = _run(prepared, args.runs, [Table(label=name, progress=progress)
+                                                    for name in "AB"],
+                              scheduler, _record_path(args),
                               lambda records: _compare_data(records, argv, scheduler)[1])
         if not scheduler.leader:
             return 130 if isinstance(error, KeyboardInterrupt) else 0
@@ -362,9 +419,9 @@ def _compare(argv):
             print(f"arm {name}: " + "\n".join(summary_lines(record)))
         comparison, data = _compare_data(records, argv, scheduler)
         print("\n".join(comparison_lines(comparison)))
-        if args.json:
-            _write_record(args.json, data)
-            print(f"  record written to {args.json}")
+        if _record_path(args):
+            _write_record(_record_path(args), data)
+            print(f"  record written to {_record_path(args)}")
         folders = [_keep(data[name], None, args.no_save, f"arm {name.upper()}") for name in "ab"]
         return _finish(error, folders[0], min(len(r.results) for r in records))
 
@@ -432,7 +489,7 @@ def _sweep(argv):
         raise UsageError(f"--seed must not be negative, not {args.seed}")
     device = resolve_device(args.device)
     with scheduler_for(device) as scheduler:
-        _check_json(args.json, scheduler)
+        scheduler.on_leader(lambda: args.json and _check_writable(args.json))
         if scheduler.leader:
             print(f"hlb-cifar10 sweep: base {args.recipe} {' '.join(args.set)}".rstrip()
                   + f" and {len(grid.cells)} cell(s), {args.runs} runs each, interleaved, "

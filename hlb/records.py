@@ -62,26 +62,76 @@ def _remove_empty(folder):
         pass
 
 
-def read_record(path):
-    """Read and check a record file; any problem is one HlbError line naming the file."""
+def load_json(path):
+    """The JSON value in the file at `path`; any problem is one HlbError line naming it."""
     try:
         with open(path) as f:
-            record = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
         raise HlbError(f"no record at {path}; {_HINT}") from None
     except IsADirectoryError:
         raise HlbError(f"{path} is a folder, not a record; {_HINT}") from None
     except json.JSONDecodeError as e:
-        raise HlbError(f"{path} is not JSON ({e.msg}, line {e.lineno}); {_HINT}") from None
+        raise HlbError(f"{path} is not JSON ({e.msg}, line {e.lineno}: cut short or edited?); "
+                       f"{_HINT}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise HlbError(f"cannot read record {path} ({getattr(e, 'strerror', None) or e})") \
             from None
+
+
+def read_record(path):
+    """Read and check a record file (see check_record)."""
+    return check_record(load_json(path), path)
+
+
+_PARTS = {"recipe": dict, "summary": dict, "environment": dict, "overrides": list}
+
+
+def check_record(record, path, arm=""):
+    """`record` when it has the shape of an hlb record (a list of runs, rows that are dicts,
+    its parts of the right kind, run indices and seeds that agree); else one HlbError line
+    naming the file (and the `arm`, e.g. " arm a", of a compare record)."""
+    where = f"{path}{arm}"
     if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
-        raise HlbError(f"{path} is not an hlb record (no list of runs); {_HINT}")
+        raise HlbError(f"{where} is not an hlb record (no list of runs); {_HINT}")
     if not isinstance(record.get("epochs", []), list) or not all(
             isinstance(r, dict) for r in record["runs"] + record.get("epochs", [])):
-        raise HlbError(f"{path} is not an hlb record (runs or epochs are not rows); {_HINT}")
+        raise HlbError(f"{where} is not an hlb record (runs or epochs are not rows); {_HINT}")
+    for key, kind in _PARTS.items():
+        if key in record and not isinstance(record[key], kind):
+            raise HlbError(f"{where}: {key} is not a {kind.__name__} (edited?); {_HINT}")
+    _check_runs(record, where)
     return record
+
+
+def whole(value, least=0):
+    """Whether `value` is an int (not a bool) of at least `least`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _check_runs(record, where):
+    """Run i appears once, below runs_asked, with seed `seed + i` (where the record says)."""
+    seed, asked = record.get("seed"), record.get("runs_asked")
+    for key, least in (("seed", 0), ("runs_asked", 1)):
+        if key in record and record[key] is not None and not whole(record[key], least):
+            raise HlbError(f"{where}: {key} {record[key]!r} is not a whole number >= {least} "
+                           "(edited?)")
+    seen = set()
+    for row in record["runs"]:
+        if "run" not in row:            # a trimmed record (compare reads such): nothing to check
+            continue
+        run = row["run"]
+        if not whole(run):
+            raise HlbError(f"{where}: run index {run!r} is not a whole number >= 0 (edited?)")
+        if run in seen:
+            raise HlbError(f"{where}: run {run} appears twice (edited?)")
+        if whole(asked) and run >= asked:
+            raise HlbError(f"{where}: run {run} is out of range: the record asked for {asked} "
+                           "run(s) (edited?)")
+        if whole(seed) and "seed" in row and row["seed"] != seed + run:
+            raise HlbError(f"{where}: run {run} has seed {row['seed']!r}, not {seed + run} "
+                           "(seed + run; edited?)")
+        seen.add(run)
 
 
 def overrides_of(record):

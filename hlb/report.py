@@ -38,6 +38,9 @@ class Listener:
     """What a runner tells about its progress (hlb.runs.run_rounds); each method does
     nothing here, so a listener overrides only what it shows."""
 
+    def planned(self, runs, steps):
+        """This process will run `runs` more runs of `steps` steps each (told before them)."""
+
     def warmup_started(self):
         pass
 
@@ -57,26 +60,111 @@ class Listener:
         pass
 
 
-class Table(Listener):
-    """Prints one row per epoch and a TTA row per run.
+LONG_S = 600.0      # an invocation estimated to take longer than this says so early
 
-    On a terminal, a status line (run, step, steps per second) is redrawn in place while an
-    epoch trains and replaced by the epoch's row; when output goes to a file or pipe only the
-    rows are written, one plain line each, never reprinting what came before.
+
+def duration(seconds):
+    """Seconds as a person says them: 45 s, 12 min, 3.2 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
+def clock(seconds):
+    """Seconds as a clock shows them: 4:05, 1:02:03."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Progress:
+    """The steps of one invocation, counted as this process runs them, and the time left at
+    the speed measured so far: wall clock from the first step on, so evaluation and the gaps
+    between runs count too. One is shared by the tables of an invocation (both arms of a
+    compare); it knows nothing of the recipe, only steps (hlb.runs tells how many)."""
+
+    def __init__(self, quicker=None, long_s=LONG_S, measure_steps=3, measure_s=2.0,
+                 clock=time.perf_counter):
+        self.quicker = quicker      # the quicker alternative a long estimate names
+        self.long_s = long_s
+        self.measure_steps, self.measure_s = measure_steps, measure_s
+        self.clock = clock
+        self.planned = 0            # steps this process will run in this invocation
+        self.done = 0
+        self._first = None          # (clock, steps done) at the first step
+        self._estimated = False
+        self._run = None            # [run, step, total] of the run in progress
+
+    def plan(self, runs, steps):
+        self.planned += runs * steps
+
+    def rate(self):
+        """Steps per second since the first step; None until measured (measure_steps steps
+        and measure_s seconds after the first: on a GPU the first steps only queue work)."""
+        if self._first is None:
+            return None
+        seconds, steps = self.clock() - self._first[0], self.done - self._first[1]
+        return steps / seconds if steps >= self.measure_steps and seconds >= self.measure_s \
+            else None
+
+    def step(self, run, step, total):
+        """Count one step; returns the estimate line, once, when first measured and long."""
+        self.done += 1
+        self._run = [run, step, total]
+        if self._first is None:
+            self._first = (self.clock(), self.done)
+        rate = self.rate()
+        if rate is None or self._estimated:
+            return None
+        self._estimated = True
+        left = (self.planned - self.done) / rate
+        if left < self.long_s:
+            return None
+        steps = self.done - self._first[1]
+        line = (f"estimate: about {duration(left)} more on this device "
+                f"({self.planned - self.done} steps left at {rate:.3g} steps/s, the speed of "
+                f"the first {steps + 1} steps)")
+        return line + (f"; for a quick check use {self.quicker}" if self.quicker else "")
+
+    def run_finished(self, run):
+        """A run of this process ended: steps it skipped (diverged, target reached) drop."""
+        if self._run and self._run[0] == run:
+            self.planned -= self._run[2] - self._run[1]
+            self._run = None
+
+    def status(self):
+        """", 3.2 steps/s, run 0:41 left, all 12:30 left" once measured, else ""."""
+        rate = self.rate()
+        if rate is None or self._run is None:
+            return ""
+        run_left = (self._run[2] - self._run[1]) / rate
+        return (f", {rate:.3g} steps/s, run {clock(run_left)} left, "
+                f"all {clock((self.planned - self.done) / rate)} left")
+
+
+class Table(Listener):
+    """Prints one row per epoch and a TTA row per run, and (Progress) a line with an estimate
+    when the invocation will be long.
+
+    On a terminal, a status line (run, step, steps per second, time left for the run and for
+    the invocation) is redrawn in place while an epoch trains and replaced by the epoch's row;
+    when output goes to a file or pipe only the rows are written, one plain line each, never
+    reprinting what came before.
     """
 
-    def __init__(self, stream=None, live=None, min_interval=0.2, label=None):
+    def __init__(self, stream=None, live=None, min_interval=0.2, label=None, progress=None):
         self.stream = stream or sys.stdout
         self.prefix = f"{label} " if label else ""     # tells interleaved arms apart
         self.live = self.stream.isatty() if live is None else live
         self.min_interval = min_interval
+        self.progress = progress or Progress()
         self._status_shown = False
-        self._last_draw = 0.0
+        self._last_draw = None
         self._first_row_of_run = True
 
-    def _write(self, text):
+    def _write(self, text, prefix=True):
         self._clear_status()
-        self.stream.write(self.prefix + text + "\n")
+        self.stream.write((self.prefix if prefix else "") + text + "\n")
         self.stream.flush()
 
     def _clear_status(self):
@@ -90,6 +178,9 @@ class Table(Listener):
         self._write(line)
         self._write("-" * len(line))
 
+    def planned(self, runs, steps):
+        self.progress.plan(runs, steps)
+
     def warmup_started(self):
         self._write("warm-up run (untimed: cudnn autotuning, compilation) ...")
 
@@ -102,14 +193,18 @@ class Table(Listener):
         self._first_row_of_run = True
 
     def step(self, run, epoch, step, total):
+        estimate = self.progress.step(run, step, total)
+        if estimate:
+            self._write(estimate, prefix=False)       # about the invocation, not one arm
         if not self.live:
             return
-        now = time.perf_counter()
-        if now - self._last_draw < self.min_interval and step < total:
+        now = self.progress.clock()
+        if self._last_draw is not None and now - self._last_draw < self.min_interval \
+                and step < total:
             return
         self._last_draw = now
         self.stream.write(f"\r\033[K{self.prefix}  run {run} epoch {epoch + 1}: "
-                          f"step {step}/{total}")
+                          f"step {step}/{total}{self.progress.status()}")
         self.stream.flush()
         self._status_shown = True
 
@@ -121,6 +216,7 @@ class Table(Listener):
         self._write(format_row(values))
 
     def run_finished(self, result):
+        self.progress.run_finished(result.run)
         if result.diverged:
             # The limit is hlb.train.DIVERGED_LOSS; the command line's last line names it.
             self._write(f"| run {result.run} diverged (loss NaN, infinite or too large) after "
@@ -165,7 +261,8 @@ def summary_lines(record):
     return lines
 
 
-def _git_commit():
+def git_commit():
+    """The commit of the code that runs (None outside a git checkout)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5, cwd=Path(__file__).resolve().parent)
@@ -184,7 +281,7 @@ def environment():
         "gpu": torch.cuda.get_device_name() if cuda else None,
         "python": platform.python_version(),
         "hostname": socket.gethostname(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -214,6 +311,8 @@ def record_dict(record, argv=None):
         "data_fingerprint": record.data_fingerprint,
         "seed": record.seed,
         "target_acc": record.target_acc,
+        "runs_asked": record.runs_asked,
+        "resumed_from": record.resumed_from,
         "stopped": record.stopped,
         "warmup_s": record.warmup_s,
         "wall_s": record.wall_s,

@@ -16,7 +16,7 @@ import os
 import re
 import time
 from bisect import insort
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import torch
@@ -64,6 +64,8 @@ class Record:
     warmup_s: float = 0.0          # untimed warm-up run (cudnn autotuning, compilation)
     stopped: str = None            # why the runs stopped early, if they did
     target_acc: float = None       # runs stop at the first epoch whose TTA accuracy reaches it
+    runs_asked: int = None         # runs 0..runs_asked-1 were asked for (a resume runs the rest)
+    resumed_from: list = field(default_factory=list)   # earlier invocations whose runs are kept
     results: list = field(default_factory=list)     # in run order
     summary: Summary = None
     wall_s: float = 0.0            # the whole call, loading and warm-up included
@@ -164,6 +166,11 @@ class LocalScheduler:
         if error is not None:
             raise error
 
+    def on_leader(self, work):
+        """`work()` on rank 0 alone, its value (JSON values) given to every process; an
+        HlbError there stops every process."""
+        return work()
+
     def load_data(self, data_dir=None):
         return load_data(data_dir)
 
@@ -199,6 +206,20 @@ class TorchrunScheduler(LocalScheduler):
 
     def agree(self, error=None):
         self.group.agree(error)
+
+    def on_leader(self, work):
+        value, error = None, None
+        if self.leader:
+            try:
+                value = work()
+            except HlbError as e:
+                error = e
+            except Exception as e:
+                with suppress(HlbError):
+                    self.agree(Unexpected.wrapping(e))     # the others stop, not wait
+                raise
+        self.agree(error)
+        return self.group.exchange(value)[0]
 
     def load_data(self, data_dir=None):
         """CIFAR-10, prepared once: rank 0 loads (downloads, verifies, caches) while the others
@@ -384,10 +405,16 @@ def run_rounds(prepared, runs, listeners, scheduler, target_acc=None, on_round=N
     listeners = listeners if scheduler.leader else [Listener() for _ in prepared]
     rounds = scheduler.rounds([i for i in range(runs)
                                if not all(_has(r, i) for r in records)])
+    for p, listener in zip(prepared, listeners):
+        p.record.runs_asked = runs
+        mine = [scheduler.mine(indices) for indices in rounds]
+        listener.planned(sum(i is not None and not _has(p.record, i) for i in mine),
+                         p.recipe.total_steps())
     active, where = set(range(len(prepared))), "before the runs"
     payload = None
     try:
-        _warm_up(prepared, listeners, scheduler)
+        if rounds:              # a resumed invocation may have nothing left to run
+            _warm_up(prepared, listeners, scheduler)
         for number, indices in enumerate(rounds, 1):
             where = f"in round {number} of {len(rounds)}"
             payload = {"results": [None] * len(prepared), "failure": None}

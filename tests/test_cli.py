@@ -89,3 +89,11 @@ def test_a_diverging_run_sets_a_failing_status(cifar_dir, tmp_path):
     assert "diverged" in result.stdout and "1 run(s) diverged" in result.stderr
     record = json.loads(out.read_text())
     assert record["runs"][0]["diverged"] and record["summary"]["diverged"] == 1
+
+
+def test_help_says_where_a_resumed_record_goes():
+    from hlb.cli import build_compare_parser, build_parser
+    for parser in (build_parser(), build_compare_parser()):
+        text = " ".join(parser.format_help().split())
+        assert "--resume RECORD.json" in text and "--allow-other-commit" in text
+        assert "rewritten in place, atomically" in text and "kept under runs/" in text

@@ -23,7 +23,7 @@ import torch
 import hlb.runs
 from conftest import synthetic_cifar
 from hlb.dist import World, _alive, _short, timeout_s, world_from_env
-from hlb.errors import UsageError
+from hlb.errors import HlbError, UsageError
 from hlb.overrides import override
 from hlb.recipes import get_recipe
 from hlb.report import Listener
@@ -276,3 +276,18 @@ def test_a_failing_rank_stops_the_rounds_and_keeps_what_was_gathered(monkeypatch
     assert "Tried to allocate 1.00 GiB" in str(stopped.value.error)
     assert record.stopped.startswith("out of GPU memory")
     assert not torch.distributed.is_initialized()
+
+
+def test_work_on_rank_0_is_shared_and_its_failure_stops_everyone(monkeypatch):
+    """In this process, as a world of one: the value of rank 0's work comes back; a known
+    failure is one line; an unexpected one is raised as it is, for the last resort."""
+    for key, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    with hlb.runs.scheduler_for("cpu") as scheduler:
+        assert scheduler.on_leader(lambda: {"runs": [1, 2]}) == {"runs": [1, 2]}
+        with pytest.raises(HlbError, match="a bad record") as refused:
+            scheduler.on_leader(lambda: (_ for _ in ()).throw(UsageError("a bad record")))
+        assert refused.value.exit_code == 2
+        with pytest.raises(ZeroDivisionError):
+            scheduler.on_leader(lambda: 1 / 0)

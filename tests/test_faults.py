@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import hlb.report
+import hlb.files
 import hlb.runs
 from conftest import synthetic_cifar
 from hlb.cli import main
@@ -88,7 +88,7 @@ def test_a_full_disk_while_writing_the_record_leaves_nothing(synthetic_data, mon
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(hlb.report.os, "fsync", no_space)
+    monkeypatch.setattr(hlb.files.os, "fsync", no_space)
     status = main([*TINY, "--json", str(tmp_path / "r.json")])
     line = _one_line(capsys.readouterr().err)
     assert status == 1

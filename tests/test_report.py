@@ -5,7 +5,8 @@ import math
 import pytest
 
 from hlb.recipes import RECIPES
-from hlb.report import Table, record_dict, summary_lines, write_json_atomic
+from hlb.report import (Progress, Table, clock, duration, record_dict, summary_lines,
+                        write_json_atomic)
 from hlb.runs import Record
 from hlb.stats import summarize
 from hlb.train import EpochRow, RunResult
@@ -79,3 +80,72 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         write_json_atomic(path, {"bad": object()})
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def _steps(table, clock, run, steps, total, seconds_each):
+    for step in steps:
+        table.step(run, 0, step, total)
+        clock.now += seconds_each
+
+
+def test_a_long_invocation_says_how_long_once_the_first_steps_are_measured():
+    clock, out = FakeClock(), io.StringIO()
+    table = Table(stream=out, live=False, progress=Progress("--recipe smoke", clock=clock))
+    table.planned(2, 100)
+    table.run_started(0, 2)
+    _steps(table, clock, 0, range(1, 4), 100, 5.0)
+    assert "estimate" not in out.getvalue()           # 2 steps after the first: too few
+    _steps(table, clock, 0, range(4, 60), 100, 5.0)
+    lines = [line for line in out.getvalue().splitlines() if "estimate" in line]
+    # 3 steps in 15 s after the first: 0.2 steps/s, and 196 steps left.
+    assert lines == ["estimate: about 16 min more on this device (196 steps left at 0.2 "
+                     "steps/s, the speed of the first 4 steps); for a quick check use "
+                     "--recipe smoke"]
+
+
+def test_a_short_invocation_prints_no_estimate():
+    clock, out = FakeClock(), io.StringIO()
+    table = Table(stream=out, live=False, progress=Progress("--recipe smoke", clock=clock))
+    table.planned(3, 100)
+    _steps(table, clock, 0, range(1, 101), 100, 1.0)   # 300 steps at 1 per second: 5 min
+    assert "estimate" not in out.getvalue()
+
+
+def test_the_status_line_shows_speed_and_time_left_for_the_run_and_the_invocation():
+    clock, out = FakeClock(), io.StringIO()
+    progress = Progress(clock=clock)
+    tables = [Table(stream=out, live=True, min_interval=0.0, label=name, progress=progress)
+              for name in "AB"]
+    for table in tables:              # both arms of a compare share one Progress
+        table.planned(2, 100)
+    _steps(tables[0], clock, 0, range(1, 5), 100, 5.0)
+    status = out.getvalue().split("\r\033[K")[-1]
+    # 3 steps in 15 s after the first; 96 steps left in the run, 396 in the invocation.
+    assert status == "A   run 0 epoch 1: step 4/100, 0.2 steps/s, run 8:00 left, all 33:00 left"
+    assert "estimate: about 33 min" in out.getvalue()
+
+
+def test_a_run_that_stops_early_takes_its_steps_off_the_time_left():
+    clock = FakeClock()
+    progress = Progress(clock=clock)
+    table = Table(stream=io.StringIO(), live=False, progress=progress)
+    table.planned(2, 100)
+    _steps(table, clock, 0, range(1, 11), 100, 1.0)
+    table.run_finished(_result(0, math.nan, diverged=True))   # stopped at step 10 of 100
+    assert progress.planned == 110
+    table.run_finished(_result(1, 0.9))      # another process's run: nothing of ours
+    assert progress.planned == 110
+
+
+def test_durations_read_as_people_say_them():
+    assert [duration(s) for s in (45, 700, 3000, 11520)] == ["45 s", "12 min", "50 min",
+                                                             "3.2 h"]
+    assert [clock(s) for s in (5, 245, 3723)] == ["0:05", "4:05", "1:02:03"]

@@ -89,10 +89,15 @@ def test_runs_already_in_a_record_are_kept_and_not_run_again(fake_training):
     kept = [RunResult(run=i, seed=i, tta_acc=0.9, train_time_s=1.0) for i in (0, 2)]
     prepared.record.results = list(kept)
     heard = []
-    record, = run_rounds([prepared], 4, [Log("A", heard)], LocalScheduler("cpu"))
+    planned = []
+    log = Log("A", heard)
+    log.planned = lambda runs, steps: planned.append((runs, steps))
+    record, = run_rounds([prepared], 4, [log], LocalScheduler("cpu"))
     assert [r.run for r in record.results] == [0, 1, 2, 3]
     assert record.results[0] is kept[0] and record.results[2] is kept[1]
     assert [h[2] for h in heard if h[1] == "start"] == [1, 3]
+    assert planned == [(2, RECIPE.total_steps())]       # told before, for the time left
+    assert record.runs_asked == 4
 
 
 @pytest.mark.parametrize("fault, kind, text", [
@@ -144,8 +149,8 @@ def test_ctrl_c_while_a_finished_run_is_shown_keeps_it(fake_training):
     assert [r.run for r in stopped.value.records[0].results] == [0]
 
 
-def test_the_listener_declares_the_six_calls():
-    for name in ("warmup_started", "warmup_finished", "run_started", "step", "epoch",
+def test_the_listener_declares_its_calls():
+    for name in ("planned", "warmup_started", "warmup_finished", "run_started", "step", "epoch",
                  "run_finished"):
         assert callable(getattr(Listener, name))
     with pytest.raises(AttributeError):

@@ -1,0 +1,141 @@
+"""Going on with an interrupted invocation: `python main.py ... --resume RECORD.json`.
+
+The record, rewritten after every round, holds the runs that finished and how many were asked
+(`runs_asked`). A resume checks that its command is the interrupted one (recipe, overrides,
+seed, runs, target, kind of device, data, and code commit unless allowed to differ), puts the
+finished runs back into the prepared record as they were, and the runner runs only the others
+(hlb.runs.run_rounds skips runs already in a record). A file that is not as main.py wrote it
+(cut short, edited) is refused in one line, as is a command that differs.
+"""
+
+import dataclasses
+import json
+
+from hlb.errors import HlbError, UsageError
+from hlb.records import check_record, load_json, whole
+from hlb.report import git_commit, jsonable
+from hlb.train import EpochRow, RunResult
+
+_HINT = "run the command again without --resume"
+# What a resumable record holds besides its runs, and the kind of each.
+_PARTS = {"recipe": dict, "overrides": list, "seed": int, "runs_asked": int,
+          "data_fingerprint": str, "device": str, "environment": dict}
+
+
+def _fits(value, kind):
+    """Whether a JSON value fits a dataclass field's type (NaN is written as null)."""
+    if kind is float:
+        return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return whole(value, -2**63)
+    return isinstance(value, kind)
+
+
+def _rebuild(cls, row, what, path):
+    """A `cls` (RunResult or EpochRow) from its JSON row, every field there and of its type."""
+    kinds = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "epochs"}
+    missing, extra = sorted(kinds.keys() - row.keys()), sorted(row.keys() - kinds.keys())
+    wrong = [k for k in kinds if k in row and not _fits(row[k], kinds[k])]
+    for problem, keys in (("lacks", missing), ("has unknown", extra), ("has a bad", wrong)):
+        if keys:
+            raise HlbError(f"--resume {path}: {what} {problem} {', '.join(keys)} (cut short or "
+                           f"edited?); {_HINT}")
+    return cls(**row)
+
+
+def _check_parts(record, where):
+    if "runs_asked" not in record:
+        raise HlbError(f"--resume {where} was written before records kept how many runs were "
+                       f"asked (no runs_asked), so it cannot be resumed; {_HINT}")
+    for key, kind in _PARTS.items():
+        if not isinstance(record.get(key), kind) or kind is int and not whole(record[key]):
+            raise HlbError(f"--resume {where}: {key} is missing or not a {kind.__name__} "
+                           f"(cut short or edited?); {_HINT}")
+    if not all(isinstance(item, str) for item in record["overrides"]):
+        raise HlbError(f"--resume {where}: overrides are not all text (edited?); {_HINT}")
+
+
+def results_of(record, path, arm=""):
+    """The finished runs of a checked record, as RunResults with their epoch rows."""
+    results = [_rebuild(RunResult, row, f"run {i}", f"{path}{arm}")
+               for i, row in enumerate(record["runs"])]
+    by_run = {r.run: r for r in results}
+    for i, row in enumerate(record.get("epochs") or []):
+        epoch = _rebuild(EpochRow, row, f"epoch row {i}", f"{path}{arm}")
+        if epoch.run not in by_run:
+            raise HlbError(f"--resume {path}{arm}: epoch row {i} belongs to run {epoch.run}, "
+                           f"which is not in the record (edited?); {_HINT}")
+        by_run[epoch.run].epochs.append(epoch)
+    return sorted(results, key=lambda r: r.run)
+
+
+def read(path, compare=False):
+    """The record at `path`, checked whole: for `compare`, the dict with arms "a" and "b";
+    else one record. Any problem is one HlbError line."""
+    data = load_json(path)
+    is_compare = isinstance(data, dict) and "comparison" in data
+    if is_compare != compare:
+        raise UsageError(f"--resume {path} is {'a' if is_compare else 'not a'} compare record; "
+                         f"resume it with python main.py {'compare ' if is_compare else ''}"
+                         "... --resume")
+    for arm, record in ((f" arm {a}", data.get(a)) for a in "ab") if compare else [("", data)]:
+        check_record(record, path, arm)
+        _check_parts(record, f"{path}{arm}")
+        results_of(record, path, arm)         # checks every run and epoch row
+    return data
+
+
+def _differs(path, what, here, there, argv):
+    given = " ".join(argv) if isinstance(argv, list) else "?"
+    return UsageError(f"--resume {path}: not the interrupted command: {what} {here} here, "
+                      f"{there} in the record; give its flags ({given})")
+
+
+def check_same(record, path, recipe, overrides, seed, runs, target_acc, device):
+    """Refuse (UsageError) when this command is not the one that wrote `record`."""
+    argv = record.get("argv")
+    theirs = record["recipe"]
+    ours = json.loads(json.dumps(jsonable(recipe.to_dict())))   # tuples become lists
+    if theirs.get("name") != ours["name"]:
+        raise _differs(path, "the recipe", ours["name"], theirs.get("name"), argv)
+    if record["overrides"] != list(overrides):
+        raise _differs(path, "--set", " ".join(overrides) or "none",
+                       " ".join(record["overrides"]) or "none", argv)
+    changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if changed:
+        key = changed[0]
+        raise _differs(path, f"recipe value {key} (its default changed?)",
+                       ours.get(key), theirs.get(key), argv)
+    for what, here, there in (("--seed", seed, record["seed"]),
+                              ("--runs", runs, record["runs_asked"]),
+                              ("--target-acc", target_acc, record.get("target_acc")),
+                              ("the kind of device", device, record["device"])):
+        if here != there:
+            raise _differs(path, what, here, there, argv)
+
+
+def check_commit(record, path, allow_other):
+    """Refuse a record written by other code, unless `allow_other`."""
+    env = record["environment"]
+    theirs, ours = env.get("git_commit"), git_commit()
+    if theirs != ours and not allow_other:
+        raise UsageError(f"--resume {path}: the code differs: commit {ours} here, {theirs} in "
+                         f"the record; check out {theirs} or give --allow-other-commit")
+
+
+def check_data(record, path, fingerprint):
+    if record["data_fingerprint"] != fingerprint:
+        raise UsageError(f"--resume {path}: the data differs: fingerprint {fingerprint} here, "
+                         f"{record['data_fingerprint']} in the record; give the --data-dir "
+                         "it ran on")
+
+
+def restore(target, record, path, arm=""):
+    """Put the finished runs of `record` into `target` (a hlb.runs.Record) as they were, and
+    note the invocation that ran them."""
+    target.results = results_of(record, path, arm)
+    env = record["environment"]
+    earlier = record.get("resumed_from")
+    target.resumed_from = (list(earlier) if isinstance(earlier, list) else []) + [
+        {"date": env.get("date"), "git_commit": env.get("git_commit"),
+         "runs": [r.run for r in target.results]}]
