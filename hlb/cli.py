@@ -39,34 +39,32 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def build_parser():
-    p = _Parser(prog="python main.py",
-                description="Train a network on CIFAR-10 and report accuracy and time.")
-    p.add_argument("--recipe", default="94", help=f"one of: {', '.join(RECIPES)} (default 94)")
-    p.add_argument("--runs", type=int, default=1, help="timed runs (default 1)")
+def _prog(command=""):
+    """How the user started us, for usage lines: the `hlb` command or `python main.py`."""
+    name = "hlb" if Path(sys.argv[0]).name == "hlb" else "python main.py"
+    return f"{name} {command}".rstrip()
+
+
+def _add_run_flags(p, recipe_help, runs, runs_help, json_help, set_help=None, resume=True):
+    """The flags of every command that trains: the recipe, how many runs, where, which seeds
+    and data, where the record goes; and --resume where the command can go on after an
+    interruption."""
+    p.add_argument("--recipe", default="94", help=f"{recipe_help} (default 94)")
+    if set_help:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--runs", type=int, default=runs, help=f"{runs_help} (default {runs})")
     p.add_argument("--device", default=None,
                    help="cuda or cpu (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of run 0; run i uses seed+i")
     p.add_argument("--data-dir", default=None,
                    help="where CIFAR-10 lives or is downloaded to "
                         "(default $HLB_DATA_DIR, else ./data)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the full record here")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set epochs=8 (repeatable)")
+    p.add_argument("--json", default=None, metavar="PATH", help=json_help)
     p.add_argument("--no-save", action="store_true",
                    help="do not keep the record under the runs folder "
                         "($HLB_RUNS_DIR, default ./runs)")
-    p.add_argument("--target-acc", type=float, default=None, metavar="ACC",
-                   help="stop each run at the first epoch whose TTA accuracy reaches ACC "
-                        "(a fraction, e.g. 0.94); the check is timed")
-    p.add_argument("--save-model", default=None, metavar="PATH",
-                   help="save the final network of the last run (if it finished) as "
-                        "safetensors, with the recipe and results; `eval PATH` tests it")
-    _add_resume(p)
-    return p
-
-
-def _add_resume(p):
+    if not resume:
+        return
     p.add_argument("--resume", default=None, metavar="RECORD.json",
                    help="go on with an interrupted invocation: give its flags again and the "
                         "record it wrote (--json, or its copy under runs/); the runs it lacks "
@@ -77,46 +75,34 @@ def _add_resume(p):
                    help="let --resume go on with code of another git commit")
 
 
-def build_compare_parser():
-    p = _Parser(prog="python main.py compare",
-                description="Compare two variants, run interleaved with the same seeds, or "
-                            "two saved records (A.json B.json).")
-    p.add_argument("records", nargs="*", metavar="RECORD.json")
-    p.add_argument("--a", default="", metavar="FLAGS",
-                   help='arm A\'s flags, e.g. "--set lr=10" (default: the recipe as is)')
-    p.add_argument("--b", default="", metavar="FLAGS", help="arm B's flags")
-    p.add_argument("--recipe", default="94", help="the recipe both arms start from")
-    p.add_argument("--runs", type=int, default=10, help="runs per arm (default 10)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0, help="seed of run 0 of each arm")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--json", default=None, metavar="PATH",
-                   help="write both records and the comparison here")
-    p.add_argument("--no-save", action="store_true",
-                   help="do not keep each arm's record under the runs folder")
-    _add_resume(p)
+def build_parser():
+    p = _Parser(prog=_prog(),
+                description="Train a network on CIFAR-10 and report accuracy and time. "
+                            "Other commands: compare, sweep, eval, plot, runs (each with "
+                            "--help).")
+    _add_run_flags(p, f"one of: {', '.join(RECIPES)}", 1, "timed runs",
+                   "write the full record here",
+                   "override a recipe value, e.g. --set epochs=8 (repeatable)")
+    p.add_argument("--target-acc", type=float, default=None, metavar="ACC",
+                   help="stop each run at the first epoch whose TTA accuracy reaches ACC "
+                        "(a fraction, e.g. 0.94); the check is timed")
+    p.add_argument("--save-model", default=None, metavar="PATH",
+                   help="save the final network of the last run (if it finished) as "
+                        "safetensors, with the recipe and results; `eval PATH` tests it")
     return p
 
 
-def build_sweep_parser():
-    p = _Parser(prog="python main.py sweep",
-                description="Run the base recipe and every cell of a grid, interleaved with "
-                            "the same seeds; rank the cells against the base.")
-    p.add_argument("--recipe", default="94", help="the base recipe (default 94)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="change the base (repeatable)")
-    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="values to try (a tuple key takes / between values; repeatable: "
-                        "the grid is every combination)")
-    p.add_argument("--runs", type=int, default=5, help="runs of the base and of each cell")
-    p.add_argument("--prune", action="store_true",
-                   help="stop running cells that cannot catch the best any more")
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0, help="seed of run 0 of every cell")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--json", default=None, metavar="PATH", help="write the sweep's record here")
-    p.add_argument("--no-save", action="store_true",
-                   help="do not keep the record under the runs folder")
+def build_compare_parser():
+    p = _Parser(prog=_prog("compare"),
+                description="Compare two variants, run interleaved with the same seeds, or "
+                            "two saved records (A.json B.json).")
+    p.add_argument("records", nargs="*", metavar="RECORD.json")
+    for arm in "ab":
+        p.add_argument(f"--{arm}", default="", metavar="FLAGS",
+                       help=f"arm {arm.upper()}'s flags, e.g. \"--set lr=10\" (default: the "
+                            "recipe as is)")
+    _add_run_flags(p, "the recipe both arms start from", 10, "runs per arm",
+                   "write both records and the comparison here")
     return p
 
 
@@ -131,6 +117,21 @@ def _arm_recipe(name, flags, base):
         return override(get_recipe(args.recipe), args.set), args.set
     except UsageError as e:
         raise UsageError(f"arm {name}: {e}") from None
+
+
+def build_sweep_parser():
+    p = _Parser(prog=_prog("sweep"),
+                description="Run the base recipe and every cell of a grid, interleaved with "
+                            "the same seeds; rank the cells against the base.")
+    _add_run_flags(p, "the base recipe", 5, "runs of the base and of each cell",
+                   "write the sweep's record here", "change the base (repeatable)",
+                   resume=False)
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values to try (a tuple key takes / between values; repeatable: "
+                        "the grid is every combination)")
+    p.add_argument("--prune", action="store_true",
+                   help="stop running cells that cannot catch the best any more")
+    return p
 
 
 def _check_writable(path, flag="--json"):
@@ -449,7 +450,7 @@ def _save_model(path, record, error):
 def _eval(argv):
     from hlb.saved import evaluate_saved
 
-    p = _Parser(prog="python main.py eval",
+    p = _Parser(prog=_prog("eval"),
                 description="Test a network saved with --save-model: plain and TTA accuracy "
                             "on the test images of its recipe, beside what its run reported.")
     p.add_argument("model", metavar="PATH")
@@ -462,7 +463,7 @@ def _eval(argv):
 
 
 def _plot(argv):
-    p = _Parser(prog="python main.py plot",
+    p = _Parser(prog=_prog("plot"),
                 description="Plot records: accuracy against time, final accuracies side by "
                             "side, loss curves (needs requirements-plot.txt).")
     p.add_argument("records", nargs="+", metavar="RECORD.json")
@@ -473,7 +474,7 @@ def _plot(argv):
 
 
 def _runs(argv):
-    p = _Parser(prog="python main.py runs", description="List the kept records, newest first.")
+    p = _Parser(prog=_prog("runs"), description="List the kept records, newest first.")
     p.add_argument("--dir", default=None, help="runs folder (default $HLB_RUNS_DIR or ./runs)")
     args = p.parse_args(argv)
     runs_dir = Path(args.dir) if args.dir else default_runs_dir()
