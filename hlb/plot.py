@@ -170,14 +170,15 @@ def _panel_loss(ax, arms, colors, Line2D):
         ax.plot(epochs, [m["train_loss"] for m in means], color=color, ls="--", marker="o",
                 ms=3)
         ax.plot(epochs, [m["val_loss"] for m in means], color=color, ls="-", marker="o", ms=3)
-    ax.set_title("(c) loss, mean over runs")
+    # Both label-smoothed, so they compare (records without hlb_version hold a plain test loss).
+    ax.set_title("(c) label-smoothed loss, mean over runs")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per image")
     ax.grid(alpha=0.3)
     if any(float(e).is_integer() for arm in arms for e in arm.mean_rows):
         ax.xaxis.get_major_locator().set_params(integer=True)
     key = [Line2D([], [], color="gray", ls="--", label="train (augmented batches)"),
-           Line2D([], [], color="gray", ls="-", label="test (plain)")]
+           Line2D([], [], color="gray", ls="-", label="test (plain view)")]
     ax.legend(handles=key, loc="upper right", fontsize=8)
 
 
