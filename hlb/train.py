@@ -231,7 +231,8 @@ class EpochRow:
     train_acc: float    # on the augmented training batches
     val_loss: float     # plain (no TTA) test loss, label-smoothed like train_loss
     val_acc: float      # plain (no TTA) test accuracy
-    time_s: float       # timed seconds so far in this run
+    time_s: float       # timed seconds so far in this run: the clock whose total, at the
+                        # run's end, is RunResult.train_time_s
     tta_acc: float = None  # only with a target: the timed TTA check at this epoch's end
 
 
@@ -241,7 +242,7 @@ class RunResult:
     seed: int
     tta_acc: float = math.nan     # the reported accuracy
     val_acc: float = math.nan     # plain accuracy of the final network
-    train_time_s: float = math.nan
+    train_time_s: float = math.nan  # the run's timed seconds (README.md, "Timing")
     eval_time_s: float = 0.0      # untimed per-epoch evaluation, summed over epochs
     epochs: list = field(default_factory=list)
     diverged: bool = False
