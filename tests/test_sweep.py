@@ -367,6 +367,11 @@ def test_a_sweep_of_another_commit_resumes_when_allowed_and_json_writes_elsewher
     after = json.loads(elsewhere.read_text())
     assert after["resumed_from"][0]["git_commit"] == "0" * 40 and after["stopped"] is None
     assert [len(c["runs"]) for c in after["cells"]] == [3, 5, 5]
+    assert cli.main([*PRUNED, "--resume", str(elsewhere)]) == 0       # finished: nothing to run
+    again = json.loads(elsewhere.read_text())
+    assert again["table"] == after["table"] and again["runs"] == after["runs"]
+    assert [(c["runs"], c["dropped"]) for c in again["cells"]] == [
+        (c["runs"], c["dropped"]) for c in after["cells"]]
 
 
 # Under torchrun: real tiny runs, the same seeds and pairs as one process
