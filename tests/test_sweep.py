@@ -1,6 +1,7 @@
 """Sweeps (hlb.sweep): the grid and its checks, the statistics of the table, pruning, the
 command line end to end (training replaced by a planted accuracy, so it is fast and exact),
-and a real tiny sweep under torchrun against one process."""
+--resume (interrupted before, in and after a pruning look; the refusals), and a real tiny
+sweep under torchrun against one process."""
 
 import json
 import math
