@@ -45,10 +45,9 @@ def _prog(command=""):
     return f"{name} {command}".rstrip()
 
 
-def _add_run_flags(p, recipe_help, runs, runs_help, json_help, set_help=None, resume=True):
+def _add_run_flags(p, recipe_help, runs, runs_help, json_help, set_help=None):
     """The flags of every command that trains: the recipe, how many runs, where, which seeds
-    and data, where the record goes; and --resume where the command can go on after an
-    interruption."""
+    and data, where the record goes, and --resume to go on after an interruption."""
     p.add_argument("--recipe", default="94", help=f"{recipe_help} (default 94)")
     if set_help:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
@@ -63,8 +62,6 @@ def _add_run_flags(p, recipe_help, runs, runs_help, json_help, set_help=None, re
     p.add_argument("--no-save", action="store_true",
                    help="do not keep the record under the runs folder "
                         "($HLB_RUNS_DIR, default ./runs)")
-    if not resume:
-        return
     p.add_argument("--resume", default=None, metavar="RECORD.json",
                    help="go on with an interrupted invocation: give its flags again and the "
                         "record it wrote (--json, or its copy under runs/); the runs it lacks "
@@ -124,8 +121,7 @@ def build_sweep_parser():
                 description="Run the base recipe and every cell of a grid, interleaved with "
                             "the same seeds; rank the cells against the base.")
     _add_run_flags(p, "the base recipe", 5, "runs of the base and of each cell",
-                   "write the sweep's record here", "change the base (repeatable)",
-                   resume=False)
+                   "write the sweep's record here", "change the base (repeatable)")
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="values to try (a tuple key takes / between values; repeatable: "
                         "the grid is every combination)")
@@ -229,38 +225,39 @@ def _record_path(args):
     return args.json or args.resume
 
 
-def _check_start(args, arms, device, scheduler):
+def _check_start(args, arms, device, scheduler, grid=None):
     """Before any data is touched: check that the record can be written and, with --resume,
     read the record and check that this command is the one that wrote it; return the
-    record of each arm (None without --resume). Under torchrun rank 0 alone writes, so it
-    alone checks, and every rank stops with it (or gets the records from it)."""
+    [record, label] of each arm, or of the base and each cell of a sweep's `grid` (None
+    without --resume). Under torchrun rank 0 alone writes, so it alone checks, and every
+    rank stops with it (or gets the records from it)."""
+    kind = "sweep" if grid else "compare" if len(arms) == 2 else "record"
+
     def work():
         if _record_path(args):
             _check_writable(_record_path(args), "--json" if args.json else "--resume")
         if not args.resume:
             return None
-        data = resume.read(args.resume, compare=len(arms) == 2)
-        records = [data["a"], data["b"]] if len(arms) == 2 else [data]
-        for record, (recipe, overrides), arm in zip(records, arms, _arm_names(arms)):
-            resume.check_same(record, args.resume + arm, recipe, overrides, args.seed,
+        data = resume.read(args.resume, kind)
+        if grid:
+            resume.check_grid(data, args.resume, grid)
+        parts = resume.parts(data, kind)
+        for (record, label), (recipe, overrides) in zip(parts, arms):
+            resume.check_same(record, args.resume + label, recipe, overrides, args.seed,
                               args.runs, getattr(args, "target_acc", None), device)
-            resume.check_commit(record, args.resume + arm, args.allow_other_commit)
-        return records
+            resume.check_commit(record, args.resume + label, args.allow_other_commit)
+        return parts
 
     return scheduler.on_leader(work)
-
-
-def _arm_names(arms):
-    return [" arm a", " arm b"] if len(arms) == 2 else [""]
 
 
 def _restore(saved, prepared, path, fingerprint, leader):
     """Put the finished runs of the --resume record back (after checking the data)."""
     if saved is None:
         return
-    for record, p, arm in zip(saved, prepared, _arm_names(prepared)):
-        resume.check_data(record, path + arm, fingerprint)
-        resume.restore(p.record, record, path, arm)
+    for (record, label), p in zip(saved, prepared):
+        resume.check_data(record, path + label, fingerprint)
+        resume.restore(p.record, record, path, label)
     if leader:
         kept = [r.run for r in prepared[0].record.results]
         print(f"  resuming {path}: run(s) {', '.join(map(str, kept)) or 'none'} kept as they "
@@ -490,7 +487,9 @@ def _sweep(argv):
         raise UsageError(f"--seed must not be negative, not {args.seed}")
     device = resolve_device(args.device)
     with scheduler_for(device) as scheduler:
-        scheduler.on_leader(lambda: args.json and _check_writable(args.json))
+        benches = [grid.base] + grid.cells
+        saved = _check_start(args, [(b.recipe, b.overrides) for b in benches], device,
+                             scheduler, grid)
         if scheduler.leader:
             print(f"hlb-cifar10 sweep: base {args.recipe} {' '.join(args.set)}".rstrip()
                   + f" and {len(grid.cells)} cell(s), {args.runs} runs each, interleaved, "
@@ -498,14 +497,22 @@ def _sweep(argv):
                   flush=True)
 
         def each_round(outcome, finished):
-            if args.json:
-                _write_record(args.json, _sweep_data(outcome, argv, scheduler, finished))
+            if _record_path(args):
+                _write_record(_record_path(args),
+                              _sweep_data(outcome, argv, scheduler, finished))
 
-        outcome = run_sweep(grid, scheduler, args.seed, args.data_dir, each_round)
+        def restore(prepared, fingerprint):     # the cells dropped before stay dropped
+            _restore(saved, prepared, args.resume, fingerprint, scheduler.leader)
+            return {j: record["dropped"] for j, (record, _) in enumerate(saved or [])
+                    if j and record.get("dropped")}
+
+        outcome = run_sweep(grid, scheduler, args.seed, args.data_dir, each_round,
+                            restore=restore if saved else None)
         if not scheduler.leader:
             return 130 if isinstance(outcome.error, KeyboardInterrupt) else 0
         print("\n".join(table_lines(outcome)))
-        folder = _keep(_sweep_data(outcome, argv, scheduler), args.json, args.no_save)
+        folder = _keep(_sweep_data(outcome, argv, scheduler), _record_path(args),
+                       args.no_save)
         return _finish(outcome.error, folder, len(outcome.records[0].results))
 
 

@@ -6,6 +6,9 @@ seed, runs, target, kind of device, data, and code commit unless allowed to diff
 finished runs back into the prepared record as they were, and the runner runs only the others
 (hlb.runs.run_rounds skips runs already in a record). A file that is not as main.py wrote it
 (cut short, edited) is refused in one line, as is a command that differs.
+
+Three kinds of record resume alike (`parts` names the records in each): main.py's (one), a
+compare record (arms a and b) and a sweep record (the base, then each cell: hlb.sweep).
 """
 
 import dataclasses
@@ -14,6 +17,7 @@ import json
 from hlb.errors import HlbError, UsageError
 from hlb.records import check_record, load_json, whole
 from hlb.report import git_commit, jsonable
+from hlb.sweep import FORMAT as SWEEP_FORMAT
 from hlb.train import EpochRow, RunResult
 
 _HINT = "run the command again without --resume"
@@ -69,19 +73,58 @@ def results_of(record, path, arm=""):
     return sorted(results, key=lambda r: r.run)
 
 
-def read(path, compare=False):
-    """The record at `path`, checked whole: for `compare`, the dict with arms "a" and "b";
-    else one record. Any problem is one HlbError line."""
+def _kind(data):
+    if isinstance(data, dict) and "comparison" in data:
+        return "compare"
+    return "sweep" if isinstance(data, dict) and data.get("format") == SWEEP_FORMAT else "record"
+
+
+def _is_drop(drop):
+    return drop is None or (isinstance(drop, dict) and set(drop) == {"after_runs", "why"}
+                            and whole(drop["after_runs"], 1) and isinstance(drop["why"], str))
+
+
+def _check_sweep(data, path):
+    """The parts of a sweep record that say what the sweep was, each of its kind."""
+    cells, vary = data.get("cells"), data.get("vary")
+    if not (isinstance(cells, list) and isinstance(vary, list)
+            and isinstance(data.get("prune"), bool)
+            and all(isinstance(c, dict) and isinstance(c.get("name"), str)
+                    and isinstance(c.get("values"), dict) and _is_drop(c.get("dropped"))
+                    for c in cells)
+            and all(isinstance(v, dict) and isinstance(v.get("key"), str)
+                    and isinstance(v.get("values"), list) for v in vary)):
+        raise HlbError(f"--resume {path}: its cells, vary or prune are not as sweep writes "
+                       f"them (cut short or edited?); {_HINT}")
+
+
+def parts(data, kind):
+    """The records a read record holds, each with how messages name it: (record, label)."""
+    if kind == "compare":
+        return [(data.get(a), f" arm {a}") for a in "ab"]
+    if kind == "sweep":     # a cell keeps its runs; the sweep, what the cells share
+        shared = {k: data.get(k) for k in ("argv", "environment")}
+        return [(data, "")] + [({**cell, **shared}, f" cell {cell['name']}")
+                               for cell in data["cells"]]
+    return [(data, "")]
+
+
+def read(path, kind="record"):
+    """The record at `path` of `kind` ("record": main.py's, "compare" or "sweep"), checked
+    whole, every part (`parts`). Any problem is one HlbError line."""
     data = load_json(path)
-    is_compare = isinstance(data, dict) and "comparison" in data
-    if is_compare != compare:
-        raise UsageError(f"--resume {path} is {'a' if is_compare else 'not a'} compare record; "
-                         f"resume it with python main.py {'compare ' if is_compare else ''}"
-                         "... --resume")
-    for arm, record in ((f" arm {a}", data.get(a)) for a in "ab") if compare else [("", data)]:
-        check_record(record, path, arm)
-        _check_parts(record, f"{path}{arm}")
-        results_of(record, path, arm)         # checks every run and epoch row
+    found = _kind(data)
+    if found != kind:
+        said, command = ((f"is not a {kind}", "") if found == "record" else
+                         (f"is a {found}", f"{found} "))
+        raise UsageError(f"--resume {path} {said} record; resume it with python main.py "
+                         f"{command}... --resume")
+    if kind == "sweep":
+        _check_sweep(data, path)
+    for record, label in parts(data, kind):
+        check_record(record, path, label)
+        _check_parts(record, f"{path}{label}")
+        results_of(record, path, label)         # checks every run and epoch row
     return data
 
 
@@ -112,6 +155,31 @@ def check_same(record, path, recipe, overrides, seed, runs, target_acc, device):
                               ("the kind of device", device, record["device"])):
         if here != there:
             raise _differs(path, what, here, there, argv)
+
+
+def _vary_text(vary):
+    """A grid as its --vary flags give it (the first "--vary " left to the message)."""
+    items = []
+    for axis in vary:
+        values = [str(t) for t in axis["values"]]
+        between = "/" if any("," in t for t in values) else ","
+        items.append(f"{axis['key']}={between.join(values)}")
+    return " --vary ".join(items)
+
+
+def check_grid(data, path, grid):
+    """Refuse (UsageError) a sweep whose grid or --prune is not the one of `data`."""
+    ours = [{"key": key, "values": list(texts)} for key, texts in grid.axes]
+    if data["vary"] != ours:
+        raise _differs(path, "--vary", _vary_text(ours), _vary_text(data["vary"]),
+                       data.get("argv"))
+    if data["prune"] != grid.prune:
+        said = {True: "given", False: "not given"}
+        raise _differs(path, "--prune", said[grid.prune], said[data["prune"]],
+                       data.get("argv"))
+    if [cell["name"] for cell in data["cells"]] != [cell.name for cell in grid.cells]:
+        raise HlbError(f"--resume {path}: its cells are not those of its grid (edited?); "
+                       f"{_HINT}")
 
 
 def check_commit(record, path, allow_other):

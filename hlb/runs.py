@@ -384,7 +384,8 @@ def _stop_error(exc, scheduler, where):
     return Unexpected.wrapping(exc)
 
 
-def run_rounds(prepared, runs, listeners, scheduler, target_acc=None, on_round=None):
+def run_rounds(prepared, runs, listeners, scheduler, target_acc=None, on_round=None,
+               stopped=()):
     """Warm each prepared recipe up, then runs 0..runs-1 in the scheduler's rounds; return
     their Records (every process returns every run, gathered).
 
@@ -392,7 +393,8 @@ def run_rounds(prepared, runs, listeners, scheduler, target_acc=None, on_round=N
     `on_round(records, finished)` runs on rank 0 after each round (give it on every rank
     alike): the records hold the runs gathered so far, in run order, marked `stopped`
     "unfinished: ..." unless `finished` (no run left); it may return the indices of recipes
-    to stop from the next round on (their records keep their finished runs).
+    to stop from the next round on (their records keep their finished runs). The recipes
+    in `stopped` (indices; the same on every process) are stopped from the start.
 
     A run already in a record (a resumed invocation puts them there before the call) is not
     run again; new results are filed around it in run order.
@@ -403,14 +405,14 @@ def run_rounds(prepared, runs, listeners, scheduler, target_acc=None, on_round=N
     wall = time.perf_counter()
     records = [p.record for p in prepared]
     listeners = listeners if scheduler.leader else [Listener() for _ in prepared]
+    active, where = set(range(len(prepared))) - set(stopped), "before the runs"
     rounds = scheduler.rounds([i for i in range(runs)
-                               if not all(_has(r, i) for r in records)])
-    for p, listener in zip(prepared, listeners):
+                               if not all(_has(records[j], i) for j in active)])
+    for j, (p, listener) in enumerate(zip(prepared, listeners)):
         p.record.runs_asked = runs
-        mine = [scheduler.mine(indices) for indices in rounds]
+        mine = [scheduler.mine(indices) for indices in rounds] if j in active else []
         listener.planned(sum(i is not None and not _has(p.record, i) for i in mine),
                          p.recipe.total_steps())
-    active, where = set(range(len(prepared))), "before the runs"
     payload = None
     try:
         if rounds:              # a resumed invocation may have nothing left to run

@@ -47,6 +47,7 @@ class Cell:
     name: str             # "lr=4 epochs=1", or "base"
     values: dict          # varied key -> the value's text as given
     recipe: Recipe
+    overrides: tuple = ()     # the --set texts that make it, the varied ones last
 
 
 @dataclass
@@ -135,13 +136,14 @@ def make_grid(recipe, sets, varies, runs, prune=False):
     cells = []
     for combo in itertools.product(*(texts for _, texts in axes)):
         values = dict(zip(dict(axes), combo))
-        name = " ".join(f"{k}={v}" for k, v in values.items())
+        varied = [f"{k}={v}" for k, v in values.items()]
+        name = " ".join(varied)
         try:
-            cell = override(base, [f"{k}={v}" for k, v in values.items()])
+            cell = override(base, varied)
         except UsageError as e:
             raise UsageError(f"cell {name}: {e}") from None
-        cells.append(Cell(name, values, cell))
-    return Grid(Cell("base", {}, base), axes, cells, runs, prune)
+        cells.append(Cell(name, values, cell, (*sets, *varied)))
+    return Grid(Cell("base", {}, base, tuple(sets)), axes, cells, runs, prune)
 
 
 # Statistics: one row per cell
@@ -285,33 +287,46 @@ class Outcome:
                     self.dropped)
 
 
-def run_sweep(grid, scheduler, seed=0, data_dir=None, each_round=None, stream=None):
+def run_sweep(grid, scheduler, seed=0, data_dir=None, each_round=None, stream=None,
+              restore=None):
     """Run the base and every cell, interleaved with seeds seed..seed+runs-1, in the
     scheduler's rounds (hlb.runs); an Outcome on every process. `each_round(outcome,
     finished)` runs after each round on the reporting process, after pruning, with the
-    number of runs gathered."""
+    number of runs gathered. A resumed sweep gives `restore(prepared, data fingerprint)`:
+    it puts the finished runs back and returns the cells dropped before ({bench index:
+    {"after_runs", "why"}}), which stay dropped."""
     cifar = scheduler.load_data(data_dir)
     cells = [grid.base] + grid.cells
-    prepared = [PreparedRecipe(c.recipe, scheduler.device, cifar, seed) for c in cells]
+    prepared = [PreparedRecipe(c.recipe, scheduler.device, cifar, seed, c.overrides)
+                for c in cells]
     width = max(len(c.name) for c in cells)
     listeners = [RunLines(c.name, width, stream) for c in cells]
     outcome = Outcome(grid, [p.record for p in prepared])
 
-    def on_round(records, last):
-        finished = len(records[0].results)      # the base runs every round
+    def prune(records, finished, show=True):
         active = [j for j in range(len(records)) if j not in outcome.dropped]
         drops = to_drop(grid, [r.results for r in records], active, finished)
         outcome.dropped.update(drops)
-        for j, drop in drops.items():
+        for j, drop in drops.items() if show else ():
             print(f"  dropped {cells[j].name} after run {finished} of {grid.runs}: "
                   f"{drop['why']}", file=stream, flush=True)
-        if each_round:
-            each_round(outcome, finished)
         return drops.keys()
 
+    def on_round(records, last):
+        drops = prune(records, len(records[0].results))     # the base runs every round
+        if each_round:
+            each_round(outcome, len(records[0].results))
+        return drops
+
+    if restore:
+        outcome.dropped.update(restore(prepared, cifar.fingerprint))
+        counts = {len(p.record.results) for j, p in enumerate(prepared)
+                  if j not in outcome.dropped}
+        if len(counts) == 1:        # whole rounds: the look an interruption may have cut off
+            prune(outcome.records, counts.pop(), scheduler.leader)
     try:
         outcome.records = run_rounds(prepared, grid.runs, listeners, scheduler,
-                                     on_round=on_round)
+                                     on_round=on_round, stopped=set(outcome.dropped))
     except Stopped as e:
         outcome.records, outcome.error = e.records, e.error
     return outcome

@@ -60,9 +60,8 @@ def _run_main(args, timeout=300):
                           text=True, cwd=ROOT, env=_env(), timeout=timeout)
 
 
-def test_an_interrupted_invocation_resumes_where_it_stopped(cifar_dir, tmp_path, runs_dir):
-    out = tmp_path / "r.json"
-    args = [*SMALL, "--runs", "5", "--data-dir", str(cifar_dir)]
+def _interrupt_after_two(args, out):
+    """main.py with `args` and --json `out`, sent SIGINT once `out` holds two runs."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args, "--json", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, env=_env())
@@ -73,6 +72,12 @@ def test_an_interrupted_invocation_resumes_where_it_stopped(cifar_dir, tmp_path,
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
+
+
+def test_an_interrupted_invocation_resumes_where_it_stopped(cifar_dir, tmp_path, runs_dir):
+    out = tmp_path / "r.json"
+    args = [*SMALL, "--runs", "5", "--data-dir", str(cifar_dir)]
+    _interrupt_after_two(args, out)
     before = json.loads(out.read_text())
     assert 2 <= len(before["runs"]) < 5 and before["runs_asked"] == 5
     result = _run_main([*args, "--resume", str(out)])
@@ -83,6 +88,25 @@ def test_an_interrupted_invocation_resumes_where_it_stopped(cifar_dir, tmp_path,
     kept = sorted(runs_dir.glob("*/record.json"))  # the interrupted one and the whole one
     assert any(json.loads(p.read_text()) == after for p in kept)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_an_interrupted_sweep_resumes_every_cell(cifar_dir, tmp_path):
+    out = tmp_path / "s.json"
+    flags = [x if x != "epochs=1" else "epochs=2" for x in TINY]     # a third of a second a run
+    args = ["sweep", *flags, "--vary", "lr=4,12", "--runs", "5", "--data-dir", str(cifar_dir),
+            "--no-save"]
+    _interrupt_after_two(args, out)                # two rounds: the base's runs 0 and 1
+    before = json.loads(out.read_text())
+    assert all(len(part["runs"]) >= 2 for part in [before, *before["cells"]])
+    assert len(before["runs"]) < 5 and before["stopped"]
+    result = _run_main([*args, "--resume", str(out)])
+    assert result.returncode == 0, result.stderr
+    assert "kept as they were" in result.stdout and result.stdout.count("#  cell") == 1
+    after = json.loads(out.read_text())
+    assert [c["name"] for c in after["cells"]] == ["lr=4", "lr=12"]
+    for was, now in zip([before, *before["cells"]], [after, *after["cells"]]):
+        _check_resumed(was, now)
+    assert [row["n"] for row in after["table"]] == [5, 5, 5]
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")

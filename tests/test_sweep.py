@@ -1,6 +1,7 @@
 """Sweeps (hlb.sweep): the grid and its checks, the statistics of the table, pruning, the
 command line end to end (training replaced by a planted accuracy, so it is fast and exact),
-and a real tiny sweep under torchrun against one process."""
+--resume (interrupted before, in and after a pruning look; the refusals), and a real tiny
+sweep under torchrun against one process."""
 
 import json
 import math
@@ -173,6 +174,7 @@ EFFECT = {1.0: -0.05, 8.0: 0.0, 10.0: 0.004, 12.0: 0.01}     # smoke's own lr is
 
 @pytest.fixture
 def planted(monkeypatch):
+    """train_run replaced by a planted accuracy per lr (the fixture's value: that train_run)."""
     def train_run(recipe, data, net, device, seed, run, **kwargs):
         noise = 0.02 if recipe.lr == 10.0 else 0.0005
         acc = 0.5 + 0.01 * math.sin(7 * seed) + EFFECT[recipe.lr] + noise * math.cos(seed + 1)
@@ -180,6 +182,7 @@ def planted(monkeypatch):
                          train_time_s=2.0 + recipe.lr / 100)
     monkeypatch.setattr(hlb.runs, "train_run", train_run)
     monkeypatch.setattr(hlb.runs, "load_data", lambda data_dir=None: synthetic_cifar())
+    return train_run
 
 
 def test_a_pruned_sweep_end_to_end(planted, tmp_path, capsys, runs_dir):
@@ -215,6 +218,161 @@ def test_a_grid_without_prune_runs_every_cell_every_run(planted, capsys):
     assert cli.main(["sweep", *TINY, "--vary", "lr=1,12", "--runs", "3", "--no-save"]) == 0
     text = capsys.readouterr().out
     assert text.count("  run ") == 9 and "dropped" not in text
+
+
+# --resume: an interrupted sweep goes on (a real interrupted process: tests/test_resume.py)
+
+PRUNED = ["sweep", *TINY, "--vary", "lr=1,10,12", "--runs", "5", "--prune", "--no-save"]
+
+
+def _interrupt(monkeypatch, where):
+    """Ctrl-C once, `where`: "in run i" (of the cell lr=10) or "in the look after run n"
+    (the pruning test of that round); returns the (lr, run) pairs train_run is asked for."""
+    real_run, real_drop, asked, hit = hlb.runs.train_run, hlb.sweep.to_drop, [], []
+
+    def train_run(recipe, *args, run=0, **kwargs):
+        asked.append((recipe.lr, run))
+        if where == f"in run {run}" and recipe.lr == 10.0 and not hit:
+            hit.append(where)
+            raise KeyboardInterrupt
+        return real_run(recipe, *args, run=run, **kwargs)
+
+    def to_drop(grid, results, active, finished):
+        if where == f"in the look after run {finished}" and not hit:
+            hit.append(where)
+            raise KeyboardInterrupt
+        return real_drop(grid, results, active, finished)
+
+    monkeypatch.setattr(hlb.runs, "train_run", train_run)
+    monkeypatch.setattr(hlb.sweep, "to_drop", to_drop)
+    return asked
+
+
+def _pairs(data):
+    """(lr, run) of every run in a sweep record, the base's lr being smoke's 8."""
+    parts = [data] + data["cells"]
+    return [(part["recipe"]["lr"], r["run"]) for part in parts for r in part["runs"]]
+
+
+@pytest.mark.parametrize("where", ["in run 2", "in the look after run 3", "in run 3"])
+def test_an_interrupted_pruned_sweep_resumes_as_if_nothing_had_happened(planted, monkeypatch,
+                                                                        tmp_path, capsys,
+                                                                        where):
+    whole, out = tmp_path / "whole.json", tmp_path / "sweep.json"
+    assert cli.main([*PRUNED, "--json", str(whole)]) == 0
+    expected = json.loads(whole.read_text())
+    asked = _interrupt(monkeypatch, where)
+    assert cli.main([*PRUNED, "--json", str(out)]) == 130
+    before = json.loads(out.read_text())
+    assert before["stopped"] and (before["cells"][0]["dropped"] is not None) == (
+        where == "in run 3")
+    asked.clear()
+    capsys.readouterr()
+    assert cli.main([*PRUNED, "--resume", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "kept as they were" in text and text.count("dropped lr=1 after run 3 of 5") == (
+        1 if where == "in run 3" else 2)            # the live line (unless before), the table's
+    after = json.loads(out.read_text())             # the --resume file, rewritten
+    # Only the missing runs ran, each once; the dropped cell lr=1 stayed dropped.
+    assert sorted(asked) == sorted(set(_pairs(expected)) - set(_pairs(before)))
+    assert (1.0, 3) not in asked and after["cells"][0]["dropped"] == {
+        "after_runs": 3, "why": expected["cells"][0]["dropped"]["why"]}
+    for part, was, want in zip([after, *after["cells"]], [before, *before["cells"]],
+                               [expected, *expected["cells"]]):
+        assert part["runs"] == want["runs"] and part["runs"][:len(was["runs"])] == was["runs"]
+        assert part["resumed_from"][-1]["runs"] == [r["run"] for r in was["runs"]]
+    assert after["table"] == expected["table"] and after["stopped"] is None
+
+
+@pytest.fixture
+def interrupted_sweep(planted, monkeypatch, tmp_path):
+    """A pruned sweep interrupted in run 3 (lr=1 dropped after run 3); (its path, dict)."""
+    path = tmp_path / "sweep.json"
+    _interrupt(monkeypatch, "in run 3")
+    assert cli.main([*PRUNED, "--json", str(path)]) == 130
+    monkeypatch.setattr(hlb.runs, "train_run", planted)
+    return path, json.loads(path.read_text())
+
+
+def _one_line(capsys):
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("flags, edit, status, message", [
+    (["--vary", "lr=1,10"], None, 2, "--vary lr=1,10 here, lr=1,10,12 in the record"),
+    (["--vary", "lr=1,10,12", "--vary", "epochs=1,2"], None, 2,
+     "--vary lr=1,10,12 --vary epochs=1,2 here, lr=1,10,12 in the record"),
+    (["--vary", "lr=1,10,12"], None, 2, "--prune not given here, given in the record"),
+    ([*PRUNED[1:], "--set", "epochs=2"], None, 2, "epochs=2 here, train_images=256"),
+    ([*PRUNED[1:], "--runs", "6"], None, 2, "--runs 6 here, 5 in the record"),
+    ([*PRUNED[1:], "--seed", "1"], None, 2, "--seed 1 here, 0 in the record"),
+    ([*PRUNED[1:], "--recipe", "94"], None, 2, "the recipe 94 here, smoke in the record"),
+    ([], lambda d: d["cells"][1].update(device="cuda"), 2,
+     "cell lr=10: not the interrupted command: the kind of device cpu here, cuda"),
+    ([], lambda d: d.update(data_fingerprint="other"), 2, "the data differs"),
+    ([], lambda d: d["environment"].update(git_commit="0" * 40), 2, "the code differs"),
+    ([], lambda d: d["cells"][0].update(dropped={"after_runs": "3", "why": ""}), 1,
+     "its cells, vary or prune are not as sweep writes them"),
+    ([], lambda d: d.update(prune="yes"), 1, "its cells, vary or prune are not as"),
+    ([], lambda d: d["cells"].pop(), 1, "its cells are not those of its grid"),
+    ([], lambda d: d["cells"][1]["runs"][0].pop("tta_acc"), 1, "cell lr=10: run 0 lacks"),
+    ([], lambda d: d["cells"][2]["runs"].append(d["cells"][2]["runs"][0]), 1,
+     "cell lr=12: run 0 appears twice"),
+    ([], lambda d: d["cells"][2].pop("runs_asked"), 1, "cell lr=12 was written before"),
+])
+def test_a_sweep_resume_that_differs_or_a_bad_record_is_refused(interrupted_sweep, capsys,
+                                                                flags, edit, status, message):
+    path, data = interrupted_sweep
+    if edit:
+        edit(data)
+        path.write_text(json.dumps(data))
+    if flags[:1] == ["--vary"]:
+        flags = [*PRUNED[1:PRUNED.index("--vary")], *flags, "--runs", "5", "--no-save"]
+    capsys.readouterr()
+    assert cli.main(["sweep", *(flags or PRUNED[1:]), "--resume", str(path)]) == status
+    assert message in _one_line(capsys)
+
+
+def test_a_cut_short_sweep_record_and_the_wrong_kind_are_refused(interrupted_sweep, tmp_path,
+                                                                 capsys):
+    path, data = interrupted_sweep
+    cut = tmp_path / "cut.json"
+    cut.write_text(path.read_text()[:1000])
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({**{k: v for k, v in data.items() if k != "cells"},
+                                 "format": "hlb-cifar10 record v1"}))
+    capsys.readouterr()
+    for argv, status, message in [
+            ([*PRUNED, "--resume", str(cut)], 1, "is not JSON"),
+            ([*PRUNED, "--resume", str(plain)], 2, "is not a sweep record; resume it with "
+                                                   "python main.py ... --resume"),
+            ([*TINY, "--runs", "5", "--resume", str(path)], 2,
+             "is a sweep record; resume it with python main.py sweep ... --resume"),
+            (["compare", *TINY[:4], "--runs", "5", "--resume", str(path)], 2,
+             "is a sweep record")]:
+        assert cli.main(argv) == status
+        assert message in _one_line(capsys)
+
+
+def test_a_sweep_of_another_commit_resumes_when_allowed_and_json_writes_elsewhere(
+        interrupted_sweep, tmp_path):
+    path, data = interrupted_sweep
+    data["environment"]["git_commit"] = "0" * 40
+    path.write_text(json.dumps(data))
+    elsewhere = tmp_path / "whole.json"
+    assert cli.main([*PRUNED, "--resume", str(path), "--allow-other-commit",
+                     "--json", str(elsewhere)]) == 0
+    assert json.loads(path.read_text()) == data          # the interrupted record, untouched
+    after = json.loads(elsewhere.read_text())
+    assert after["resumed_from"][0]["git_commit"] == "0" * 40 and after["stopped"] is None
+    assert [len(c["runs"]) for c in after["cells"]] == [3, 5, 5]
+    assert cli.main([*PRUNED, "--resume", str(elsewhere)]) == 0       # finished: nothing to run
+    again = json.loads(elsewhere.read_text())
+    assert again["table"] == after["table"] and again["runs"] == after["runs"]
+    assert [(c["runs"], c["dropped"]) for c in again["cells"]] == [
+        (c["runs"], c["dropped"]) for c in after["cells"]]
 
 
 # Under torchrun: real tiny runs, the same seeds and pairs as one process
