@@ -185,7 +185,7 @@ RECIPES = {
         lookahead_every=0,
         optimizer="muon",
     ),
-    # Under a minute on two CPU cores (three runs): narrow, a fifth of the data, two epochs.
+    # About 16 s a run on two CPU cores: narrow, a fifth of the data, two epochs.
     "smoke": Recipe(
         name="smoke",
         train_images=10_000,
