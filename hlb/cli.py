@@ -23,6 +23,7 @@ from hlb import resume
 from hlb.compare import compare, compare_records, comparison_dict, comparison_lines
 from hlb.dist import world_from_env
 from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
+from hlb.files import reason
 from hlb.overrides import override
 from hlb.plot import plot_records
 from hlb.recipes import RECIPES, get_recipe
@@ -142,7 +143,8 @@ def _check_writable(path, flag="--json"):
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as e:
-        raise UsageError(f"{flag} {path}: cannot write in {parent} ({e.strerror})") from None
+        raise UsageError(f"{flag} {path}: cannot write in {parent} "
+                         f"({e.strerror or reason(e)})") from None
 
 
 def _raise_interrupt(signum, frame):
@@ -437,11 +439,13 @@ def _save_model(path, record, error):
 
     if not path:
         return
-    if error or not record.results or record.results[-1].diverged:
-        print(f"  model not saved to {path}: the last run diverged or did not "
-              "finish", file=sys.stderr)
+    if error:
+        print(f"  model not saved to {path}: the runs did not finish", file=sys.stderr)
         return
-    print(f"  model saved to {save(record, path)} (test it: eval {path})")
+    try:
+        print(f"  model saved to {save(record, path)} (test it: eval {path})")
+    except HlbError as e:
+        print(f"  model not saved to {path}: {e}", file=sys.stderr)
 
 
 def _eval(argv):
@@ -487,8 +491,8 @@ def _sweep(argv):
         raise UsageError(f"--seed must not be negative, not {args.seed}")
     device = resolve_device(args.device)
     with scheduler_for(device) as scheduler:
-        benches = [grid.base] + grid.cells
-        saved = _check_start(args, [(b.recipe, b.overrides) for b in benches], device,
+        parts = [grid.base] + grid.cells
+        saved = _check_start(args, [(p.recipe, p.overrides) for p in parts], device,
                              scheduler, grid)
         if scheduler.leader:
             print(f"hlb-cifar10 sweep: base {args.recipe} {' '.join(args.set)}".rstrip()
@@ -496,10 +500,9 @@ def _sweep(argv):
                   f"seeds {args.seed}..{args.seed + args.runs - 1}{_spread(scheduler)}",
                   flush=True)
 
-        def each_round(outcome, finished):
+        def each_round(outcome):
             if _record_path(args):
-                _write_record(_record_path(args),
-                              _sweep_data(outcome, argv, scheduler, finished))
+                _write_record(_record_path(args), _sweep_data(outcome, argv, scheduler))
 
         def restore(prepared, fingerprint):     # the cells dropped before stay dropped
             _restore(saved, prepared, args.resume, fingerprint, scheduler.leader)
@@ -516,8 +519,8 @@ def _sweep(argv):
         return _finish(outcome.error, folder, len(outcome.records[0].results))
 
 
-def _sweep_data(outcome, argv, scheduler, finished=None):
-    data = sweep_dict(outcome, argv, finished)
+def _sweep_data(outcome, argv, scheduler):
+    data = sweep_dict(outcome, argv)
     if scheduler.describe():
         data["dist"] = scheduler.describe()
     return data

@@ -17,6 +17,7 @@ from hlb.knobs import FLAG, Ints, OneOf, Span, field_problems, knob
 IMAGE_SIDE = 32                  # CIFAR-10 images are 32 x 32 pixels
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRAPHED_COMPILE_MODES = ("reduce-overhead", "max-autotune")   # inductor's own CUDA graphs
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,11 @@ def _links(r):
          f"at most train_images ({r.train_images})"),
         ("whiten_init_images", r.whiten_init_images <= r.train_images,
          f"at most train_images ({r.train_images})"),
+        # A captured step cannot hold a network that captures CUDA graphs of its own.
+        ("capture_step", not (r.capture_step and r.compile
+                              and r.compile_mode in GRAPHED_COMPILE_MODES),
+         f"false with compile_mode={r.compile_mode}, or a compile_mode without CUDA graphs "
+         "(default, max-autotune-no-cudagraphs)"),
     ]
 
 

@@ -161,6 +161,7 @@ class Table(Listener):
         self._status_shown = False
         self._last_draw = None
         self._first_row_of_run = True
+        self._header_shown = False     # the first run shown may not be run 0 (--resume)
 
     def _write(self, text, prefix=True):
         self._clear_status()
@@ -188,8 +189,9 @@ class Table(Listener):
         self._write(f"warm-up done in {seconds:.1f} s")
 
     def run_started(self, run, runs):
-        if run == 0:
+        if not self._header_shown:
             self.header()
+            self._header_shown = True
         self._first_row_of_run = True
 
     def step(self, run, epoch, step, total):

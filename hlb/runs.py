@@ -69,8 +69,10 @@ class Record:
     results: list = field(default_factory=list)     # in run order
     summary: Summary = None
     wall_s: float = 0.0            # the whole call, loading and warm-up included
-    # The network as the last run left it (hlb.save keeps it); not part of the JSON record.
+    # The network as the last run in this process left it (hlb.save keeps it), and that
+    # run's index; neither is part of the JSON record.
     net: torch.nn.Module = field(default=None, repr=False)
+    net_run: int = None
 
 
 def resolve_device(name=None):
@@ -122,10 +124,12 @@ class PreparedRecipe:
         """Run i (seed `seed + i`); returns its RunResult, which the runner files in the
         record and then shows (`listener.run_finished`)."""
         listener.run_started(i, runs)
-        return train_run(self.recipe, self.data, self.net, self.device,
-                         seed=self.record.seed + i, run=i, forward=self.forward,
-                         step=self.step, on_epoch=listener.epoch, on_step=listener.step,
-                         target_acc=target_acc)
+        result = train_run(self.recipe, self.data, self.net, self.device,
+                           seed=self.record.seed + i, run=i, forward=self.forward,
+                           step=self.step, on_epoch=listener.epoch, on_step=listener.step,
+                           target_acc=target_acc)
+        self.record.net_run = i
+        return result
 
 
 def load_data(data_dir=None):

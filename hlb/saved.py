@@ -136,6 +136,10 @@ def save(record, path):
     """Save the network of `record`'s last run (hlb.train's result) to `path`; return it."""
     if record.net is None or not record.results or record.results[-1].diverged:
         raise HlbError("no network to save: the last run diverged or did not finish")
+    if record.results[-1].run != record.net_run:
+        # A resumed invocation keeps runs that earlier ones trained: their weights are gone.
+        raise HlbError(f"no network to save: run {record.results[-1].run} was trained by "
+                       "an earlier invocation, and its weights were not kept")
     last = dataclasses.asdict(record.results[-1])
     del last["epochs"]
     return save_model(path, record.net, record.recipe, {
@@ -229,8 +233,8 @@ def evaluate_saved(path, data_dir=None, device=None):
     lines to print: plain and TTA accuracy, beside what the run reported."""
     from hlb.augment import normalize
     from hlb.evaluate import evaluate
+    from hlb.model import compute_dtype, input_memory_format
     from hlb.runs import load_data, resolve_device
-    from hlb.model import compute_dtype
     from hlb.train import to_device
 
     device = resolve_device(device)
@@ -238,11 +242,8 @@ def evaluate_saved(path, data_dir=None, device=None):
     recipe, run = saved.recipe, saved.run
     cifar = load_data(data_dir)
     data = to_device(cifar, recipe, device)
-    cuda = torch.device(device).type == "cuda"
-    memory_format = torch.channels_last if cuda and recipe.channels_last else \
-        torch.contiguous_format
     images = normalize(data.test_images, compute_dtype(recipe, device))
-    images = images.contiguous(memory_format=memory_format)
+    images = images.contiguous(memory_format=input_memory_format(recipe, device))
     plain, _ = evaluate(saved.net, images, data.test_labels, recipe, tta=False)
     tta, _ = evaluate(saved.net, images, data.test_labels, recipe)
     lines = [f"{path}: recipe {recipe.name}, saved by hlb {saved.version}, "

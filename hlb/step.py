@@ -13,23 +13,10 @@ and from then on each call replays a graph. Everywhere else the same code runs e
 import torch
 import torch.nn.functional as F
 
-from hlb.errors import UsageError
 from hlb.model import compute_dtype, input_memory_format
 from hlb.optim import Schedule, make_optimizers, zero_state
 
 IMAGE_SHAPE = (3, 32, 32)                   # CIFAR-10: channels, height, width
-
-# Compile modes in which inductor makes CUDA graphs of its own; those cannot run inside ours.
-GRAPHED_COMPILE_MODES = ("reduce-overhead", "max-autotune")
-
-
-def check_capture(recipe):
-    """Refuse capture_step with a compile mode that captures graphs itself."""
-    if recipe.capture_step and recipe.compile and recipe.compile_mode in GRAPHED_COMPILE_MODES:
-        raise UsageError(f"capture_step=true cannot hold compile_mode={recipe.compile_mode} "
-                         "(inductor's own CUDA graphs); use compile_mode=default or "
-                         "max-autotune-no-cudagraphs")
-
 
 class TrainStep:
     """The training step of one network, made once and reset per run.
@@ -40,7 +27,6 @@ class TrainStep:
     """
 
     def __init__(self, net, recipe, device, forward=None):
-        check_capture(recipe)
         self.recipe = recipe
         self.net = net
         self.forward = net if forward is None else forward
@@ -79,7 +65,8 @@ class TrainStep:
 
     def __call__(self):
         frozen = self.taken >= self.freeze_at
-        self._freeze(frozen)
+        if frozen != self.frozen:          # once a run, at the freeze
+            self._freeze(frozen)
         self.taken += 1
         self.summed += 1
         if self.graphs is None:
@@ -119,7 +106,9 @@ class TrainStep:
         for frozen in (False, True):
             self._freeze(frozen)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):    # the two graphs share one pool
+            # The two graphs share one pool, so one's replay may overwrite the loss the
+            # other returned: read a step's loss before the next step (the GPU never does).
+            with torch.cuda.graph(graph, pool=pool):
                 loss = self._step()
             pool = graph.pool()
             graphs.append((graph, loss))
@@ -129,6 +118,7 @@ class TrainStep:
     def _freeze(self, frozen):
         # Without a gradient the bias drops out of backward and of its optimizer's step.
         self.net.whiten.bias.requires_grad_(not frozen)
+        self.frozen = frozen
 
     def _step(self):
         out = self.forward(self.images)

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 
 from hlb.errors import UsageError
-from hlb.overrides import override
+from hlb.overrides import override, settable
 from hlb.recipes import Recipe
 from hlb.report import Listener, jsonable, record_dict
 from hlb.runs import PreparedRecipe, Stopped, run_rounds
@@ -59,10 +59,6 @@ class Grid:
     prune: bool = False
 
 
-def _fields():
-    return {f.name: f.type for f in dataclasses.fields(Recipe) if f.name != "name"}
-
-
 def _checked(recipe, key, text):
     """The recipe with key=text, or one line that names --vary instead of --set."""
     try:
@@ -78,7 +74,7 @@ def parse_vary(item, base):
     """"KEY=V1,V2,..." (a tuple key takes / between values) -> (key, [texts]), each value
     checked as --set checks it."""
     key, sep, text = item.partition("=")
-    key, fields = key.strip(), _fields()
+    key, fields = key.strip(), settable()
     if not sep:
         raise UsageError(f"--vary {item}: expected KEY=V1,V2,...")
     if key not in fields:
@@ -164,7 +160,7 @@ class Row:
     acc_p_holm: float = math.nan
     time_p_holm: float = math.nan
     verdict: str = ""
-    dropped: dict = None      # {"after_round": r, "why": text} when pruned
+    dropped: dict = None      # {"after_runs": r, "why": text} when pruned
 
 
 def _finished(results):
@@ -290,9 +286,9 @@ class Outcome:
 def run_sweep(grid, scheduler, seed=0, data_dir=None, each_round=None, stream=None,
               restore=None):
     """Run the base and every cell, interleaved with seeds seed..seed+runs-1, in the
-    scheduler's rounds (hlb.runs); an Outcome on every process. `each_round(outcome,
-    finished)` runs after each round on the reporting process, after pruning, with the
-    number of runs gathered. A resumed sweep gives `restore(prepared, data fingerprint)`:
+    scheduler's rounds (hlb.runs); an Outcome on every process. `each_round(outcome)` runs
+    after each round but the last on the reporting process, after pruning, while the
+    records are marked unfinished. A resumed sweep gives `restore(prepared, data fingerprint)`:
     it puts the finished runs back and returns the cells dropped before ({bench index:
     {"after_runs", "why"}}), which stay dropped."""
     cifar = scheduler.load_data(data_dir)
@@ -314,8 +310,8 @@ def run_sweep(grid, scheduler, seed=0, data_dir=None, each_round=None, stream=No
 
     def on_round(records, last):
         drops = prune(records, len(records[0].results))     # the base runs every round
-        if each_round:
-            each_round(outcome, len(records[0].results))
+        if each_round and not last:
+            each_round(outcome)
         return drops
 
     if restore:
@@ -341,11 +337,12 @@ def correction(m):
             f"them; family level {ALPHA}")
 
 
-def sweep_dict(outcome, argv=None, finished=None):
+def sweep_dict(outcome, argv=None):
     """The record: the base as a plain record (runs, summary: `main.py runs` lists it), each
-    cell's runs under "cells", the grid and the ranked table. JSON values only."""
+    cell's runs under "cells", the grid and the ranked table. JSON values only. Mid-sweep
+    the records carry the runner's "unfinished" mark."""
     for record in outcome.records:
-        record.summary = summarize(record.results)      # mid-sweep the runners have not
+        record.summary = summarize(record.results)      # an Outcome made by hand has none
     grid = outcome.grid
     data = record_dict(outcome.records[0], argv)
     cells = []
@@ -358,8 +355,6 @@ def sweep_dict(outcome, argv=None, finished=None):
                 correction=correction(len(grid.cells)),
                 vary=[{"key": k, "values": v} for k, v in grid.axes], cells=cells,
                 table=jsonable([dataclasses.asdict(r) for r in outcome.rows()]))
-    if finished is not None and finished < grid.runs:
-        data["stopped"] = f"unfinished: {finished} of {grid.runs} run(s) gathered"
     return data
 
 

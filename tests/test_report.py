@@ -149,3 +149,13 @@ def test_durations_read_as_people_say_them():
     assert [duration(s) for s in (45, 700, 3000, 11520)] == ["45 s", "12 min", "50 min",
                                                              "3.2 h"]
     assert [clock(s) for s in (5, 245, 3723)] == ["0:05", "4:05", "1:02:03"]
+
+
+def test_the_table_header_comes_first_even_when_the_first_run_shown_is_not_run_0():
+    # A resumed invocation that kept runs 0-2 starts its table at run 3.
+    out = io.StringIO()
+    table = Table(stream=out, live=False)
+    table.run_started(3, 5)
+    table.run_started(4, 5)
+    lines = out.getvalue().splitlines()
+    assert "train_loss" in lines[1] and sum("train_loss" in line for line in lines) == 1

@@ -126,6 +126,16 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_network_an_earlier_invocation_trained_is_not_saved(tmp_path):
+    # --resume with every run already done: this process holds an untrained network, not
+    # the weights of the record's last run.
+    record = SimpleNamespace(net=torch.nn.Linear(1, 1), net_run=None,
+                             results=[SimpleNamespace(run=4, diverged=False)])
+    with pytest.raises(HlbError, match="run 4 was trained by an earlier invocation"):
+        save(record, tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_diverged_last_run_is_not_saved():
     record = SimpleNamespace(net=torch.nn.Linear(1, 1), results=[SimpleNamespace(diverged=True)])
     with pytest.raises(HlbError, match="diverged"):

@@ -248,11 +248,13 @@ def test_a_new_run_starts_from_zeroed_state_at_step_zero():
 
 
 def test_inductors_own_cuda_graphs_cannot_sit_inside_a_captured_step():
-    recipe = override(SGD, ["capture_step=true", "compile=true",
-                            "compile_mode=reduce-overhead"])
-    with pytest.raises(UsageError, match="capture_step"):
-        TrainStep(build_net(recipe, "cpu"), recipe, "cpu")
-    allowed = override(recipe, ["compile_mode=max-autotune-no-cudagraphs"])
+    # Refused when the recipe is built, before any data or network.
+    for mode in ("reduce-overhead", "max-autotune"):
+        with pytest.raises(UsageError, match="capture_step=True: expected false with "
+                                             f"compile_mode={mode}"):
+            override(SGD, ["capture_step=true", "compile=true", f"compile_mode={mode}"])
+    allowed = override(SGD, ["capture_step=true", "compile=true",
+                             "compile_mode=max-autotune-no-cudagraphs"])
     TrainStep(build_net(allowed, "cpu"), allowed, "cpu")
 
 
