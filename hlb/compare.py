@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from hlb.errors import HlbError, UsageError
-from hlb.records import read_record
+from hlb.records import number, read_record
 from hlb.report import jsonable
 from hlb.stats import DiffTest, mean, paired_test, runs_needed, std, welch_test
 
@@ -167,8 +167,8 @@ def load_record(path):
         missing = [k for k in RUN_KEYS if k not in run]
         if missing:
             raise HlbError(f"{path} is not an hlb record: run {i} lacks {', '.join(missing)}")
-        if not run["diverged"] and not all(isinstance(run[k], (int, float))
-                                           for k in ("tta_acc", "train_time_s")):
+        if not run["diverged"] and any(math.isnan(number(run[k]))
+                                       for k in ("tta_acc", "train_time_s")):
             raise HlbError(f"{path}: run {i} finished but has no number for tta_acc or "
                            f"train_time_s")
     return record

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from hlb.errors import HlbError
-from hlb.report import write_json_atomic
+from hlb.files import write_atomic
 
 RECORD_FILE = "record.json"
 _HINT = "give a file written by main.py --json"
@@ -41,13 +41,13 @@ def save_record(record, runs_dir):
     if not isinstance(record, dict):
         raise HlbError(f"cannot save {type(record).__name__} as a record; give a dict as "
                        f"written by hlb.report.record_dict")
-    # The same text write_json_atomic writes, so the hash names exactly the file's content.
+    # The hash names exactly the text written.
     text = json.dumps(record, indent=1) + "\n"
     folder = Path(runs_dir) / _folder_name(record, text)
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / RECORD_FILE, record)
+        write_atomic(folder / RECORD_FILE, lambda f: f.write(text.encode()))
     except OSError as e:
         if created:
             _remove_empty(folder)

@@ -448,12 +448,18 @@ def run_rounds(prepared, runs, listeners, scheduler, target_acc=None, on_round=N
     return records
 
 
-def run_recipe(recipe, runs, device, seed, cifar, listener=None, target_acc=None):
+def run_recipe(recipe, runs, device, seed, cifar, listener=None, target_acc=None,
+               overrides=(), started=None):
     """Warm up (GPU only), then `runs` timed runs in this process; run i uses seed
-    `seed + i`. Returns the Record."""
-    prepared = PreparedRecipe(recipe, device, cifar, seed)
-    return run_rounds([prepared], runs, [listener or Listener()], LocalScheduler(device),
-                      target_acc)[0]
+    `seed + i`. Returns the Record; its wall_s counts from `started` (a perf_counter
+    reading: when the caller began, loading included), else from this call."""
+    wall = time.perf_counter() if started is None else started
+    prepared = PreparedRecipe(recipe, device, cifar, seed, overrides)
+    try:
+        return run_rounds([prepared], runs, [listener or Listener()], LocalScheduler(device),
+                          target_acc)[0]
+    finally:
+        prepared.record.wall_s = time.perf_counter() - wall
 
 
 def prepare(recipe, runs, device, overrides=()):
@@ -475,12 +481,7 @@ def train(recipe="94", runs=1, device=None, seed=0, data_dir=None, overrides=(),
     whose TTA accuracy reaches it (see hlb.train.train_run). Stopped (with the finished
     runs) when the runs end early.
     """
-    wall = time.perf_counter()
+    started = time.perf_counter()
     recipe, device = prepare(recipe, runs, device, overrides)
-    prepared = PreparedRecipe(recipe, device, load_data(data_dir), seed, overrides)
-    try:
-        record = run_rounds([prepared], runs, [listener or Listener()],
-                            LocalScheduler(device), target_acc)[0]
-    finally:
-        prepared.record.wall_s = time.perf_counter() - wall
-    return record
+    return run_recipe(recipe, runs, device, seed, load_data(data_dir), listener, target_acc,
+                      overrides, started)

@@ -87,9 +87,9 @@ def test_an_odd_recipe_name_cannot_escape_the_runs_dir(tmp_path):
 
 
 def test_save_failure_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
-    def full(path, obj):
+    def full(path, write):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(records, "write_json_atomic", full)
+    monkeypatch.setattr(records, "write_atomic", full)
     with pytest.raises(HlbError, match="could not save the record .*No space left") as e:
         save_record(make_record(), tmp_path / "runs")
     assert "\n" not in str(e.value)
