@@ -46,6 +46,17 @@ def _prog(command=""):
     return f"{name} {command}".rstrip()
 
 
+def _seed(text):
+    """A --seed: a whole number, not negative (argparse turns the error into one line)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {seed}")
+    return seed
+
+
 def _add_run_flags(p, recipe_help, runs, runs_help, json_help, set_help=None):
     """The flags of every command that trains: the recipe, how many runs, where, which seeds
     and data, where the record goes, and --resume to go on after an interruption."""
@@ -55,7 +66,7 @@ def _add_run_flags(p, recipe_help, runs, runs_help, json_help, set_help=None):
     p.add_argument("--runs", type=int, default=runs, help=f"{runs_help} (default {runs})")
     p.add_argument("--device", default=None,
                    help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0, help="seed of run 0; run i uses seed+i")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of run 0; run i uses seed+i")
     p.add_argument("--data-dir", default=None,
                    help="where CIFAR-10 lives or is downloaded to "
                         "(default $HLB_DATA_DIR, else ./data)")
@@ -332,8 +343,6 @@ def _main(argv):
     recipe = override(get_recipe(args.recipe), args.set)
     if args.runs < 1:
         raise UsageError(f"--runs must be at least 1, not {args.runs}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must not be negative, not {args.seed}")
     if args.target_acc is not None and not 0 < args.target_acc <= 1:
         raise UsageError(f"--target-acc is a fraction in (0, 1], not {args.target_acc}")
     _check_save_model(args.save_model)
@@ -392,8 +401,6 @@ def _compare(argv):
     arms = [_arm_recipe("A", args.a, args.recipe), _arm_recipe("B", args.b, args.recipe)]
     if args.runs < 2:
         raise UsageError(f"--runs must be at least 2 to compare, not {args.runs}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must not be negative, not {args.seed}")
     wall = time.perf_counter()
     device = resolve_device(args.device)
     with scheduler_for(device) as scheduler:
@@ -487,8 +494,6 @@ def _sweep(argv):
     """`main.py sweep`: the base and a grid of variants, interleaved, ranked (hlb.sweep)."""
     args = build_sweep_parser().parse_args(argv)
     grid = make_grid(get_recipe(args.recipe), args.set, args.vary, args.runs, args.prune)
-    if args.seed < 0:
-        raise UsageError(f"--seed must not be negative, not {args.seed}")
     device = resolve_device(args.device)
     with scheduler_for(device) as scheduler:
         parts = [grid.base] + grid.cells

@@ -22,7 +22,7 @@ def run_main(*args, env=None, timeout=300):
 
 @pytest.mark.parametrize("args, message", [
     (["--runs", "0"], "--runs must be at least 1"),
-    (["--seed", "-1"], "--seed must not be negative"),
+    (["--seed", "-1"], "--seed: must not be negative"),
     (["--recipe", "93"], "unknown recipe '93'"),
     (["--set", "lr=fast"], "--set lr=fast: expected a number"),
     (["--set", "speed=11"], "unknown key 'speed'; valid keys:"),
