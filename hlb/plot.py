@@ -211,9 +211,10 @@ def plot_records(paths, out_png, labels=None):
     out = Path(out_png)
     if not out.parent.is_dir():
         raise HlbError(f"cannot write the plot {out}: folder {out.parent} does not exist")
-    if len(paths) == 1 and read_record(paths[0]).get("format") == SWEEP_FORMAT:
-        return plot_sweep(paths[0], out)
-    arms = [_Arm(read_record(p), p) for p in paths]
+    records = [read_record(p) for p in paths]
+    if len(records) == 1 and records[0].get("format") == SWEEP_FORMAT:
+        return plot_sweep(paths[0], out, records[0])
+    arms = [_Arm(record, p) for record, p in zip(records, paths)]
     names = _labels(arms, labels)
     colors = [f"C{i % 10}" for i in range(len(arms))]
 
@@ -310,11 +311,12 @@ def _panel_sweep_heat(ax, fig, record):
     fig.colorbar(image, ax=ax, label="mean TTA accuracy (%)")
 
 
-def plot_sweep(path, out_png):
-    """Draw a sweep record: accuracy against time per cell with 95% intervals, and for a
-    two-key grid a heat map of mean accuracy. Written atomically to out_png, returned."""
+def plot_sweep(path, out_png, record=None):
+    """Draw a sweep record (read from `path` unless given): accuracy against time per cell
+    with 95% intervals, and for a two-key grid a heat map of mean accuracy. Written
+    atomically to out_png, returned."""
     Figure, FigureCanvasAgg, _ = _matplotlib()
-    record, out = read_record(path), Path(out_png)
+    record, out = record or read_record(path), Path(out_png)
     vary = record.get("vary") if isinstance(record.get("vary"), list) else []
     heat = len(vary) == 2 and all(isinstance(a, dict) and isinstance(a.get("values"), list)
                                   for a in vary)
