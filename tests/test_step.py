@@ -13,7 +13,7 @@ from hlb.overrides import override
 from hlb.recipes import RECIPES
 from hlb.report import Listener
 from hlb.runs import PreparedRecipe
-from hlb.step import TrainStep
+from hlb.step import TrainStep, summed_loss
 
 # 8 steps per epoch, 24 in all; the whitening bias freezes after step 8.
 TINY = ["train_images=512", "test_images=256", "batch_size=64", "epochs=3.0",
@@ -162,7 +162,7 @@ def reference_step(net, optimizers, recipe, images, labels, step, slow):
     if step == recipe.whiten_bias_steps():
         net.whiten.bias.requires_grad_(False)
     out = net(images)
-    loss = F.cross_entropy(out, labels, label_smoothing=recipe.label_smoothing,
+    loss = F.cross_entropy(out.float(), labels, label_smoothing=recipe.label_smoothing,
                            reduction="sum")
     loss.backward()
     for group in (g for o in optimizers for g in o.param_groups):
@@ -233,6 +233,21 @@ def test_one_step_equals_the_eager_reference_step(recipe, at):
         for p, q in zip(mine.state.values(), theirs.state.values()):
             torch.testing.assert_close(list(p.values()), list(q.values()), rtol=2e-6, atol=1e-7)
     assert net.whiten.bias.requires_grad == reference_net.whiten.bias.requires_grad
+
+
+def test_the_loss_of_fp16_logits_is_summed_in_fp32():
+    # 2000 images with spread logits, as in 94muon's second epoch on a GPU: summed in fp16,
+    # the label-smoothing term passes 65504 and the loss reads inf (gradients stay finite).
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2000, 10, generator=g) * 20).half().requires_grad_()
+    labels = torch.randint(0, 10, (2000,), generator=g)
+    assert F.cross_entropy(logits, labels, label_smoothing=0.2, reduction="sum").isinf()
+    loss = summed_loss(logits, labels, 0.2)
+    expected = F.cross_entropy(logits.double(), labels, label_smoothing=0.2, reduction="sum")
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert logits.grad.dtype == torch.float16 and logits.grad.isfinite().all()
 
 
 def test_a_new_run_starts_from_zeroed_state_at_step_zero():
