@@ -9,7 +9,6 @@ def test_random_crop_keeps_content_and_covers_all_shifts():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
     out = random_crop(padded, 8)
     assert out.shape == x.shape
-    assert out.is_contiguous(memory_format=torch.channels_last)
     shifts = set()
     for i in range(len(x)):
         # Each output is exactly one 8x8 window of its own padded image.
