@@ -65,6 +65,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
         if result.diverged or has_diverged(train_loss):
             result.diverged = True
             result.train_time_s = watch.seconds
+            memory.record(result)
             return result
         row = test.epoch_row(result, epoch + 1, train_loss, train_acc, watch.seconds, tta_check)
         if on_epoch:
