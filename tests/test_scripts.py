@@ -205,13 +205,16 @@ def test_gpu_report_gives_the_busy_share_gaps_and_kinds():
     import torch
     from profile_run import gpu_lines
 
-    def event(name, start, end, device=torch.autograd.DeviceType.CUDA):
+    def event(name, start, end, device=torch.autograd.DeviceType.CUDA, annotation=False):
         span = SimpleNamespace(start=start, end=end, elapsed_us=lambda: end - start)
-        return SimpleNamespace(name=name, device_type=device, time_range=span)
+        return SimpleNamespace(name=name, device_type=device, time_range=span,
+                               is_user_annotation=annotation)
 
     cpu = torch.autograd.DeviceType.CPU
     events = [event("cudaGraphLaunch", 0, 5, cpu), event("sm90_xmma_fprop", 0, 300),
-              event("triton_poi_fused_gelu_0", 350, 450), event("memset", 2450, 2550)]
+              event("triton_poi_fused_gelu_0", 350, 450), event("memset", 2450, 2550),
+              # an annotation over all of it is no kernel: it would fill the gaps
+              event("Optimizer.step#Muon.step", 0, 2550, annotation=True)]
     prof = SimpleNamespace(events=lambda: events)
     lines = gpu_lines(prof, wall=0.005, steps=2)               # 5 ms of wall time
     assert lines[0] == "kernels: 3 (2 per training step); CUDA graph launches: 1"
