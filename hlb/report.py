@@ -221,8 +221,9 @@ class Table(Listener):
         self.progress.run_finished(result.run)
         if result.diverged:
             # The limit is hlb.train.DIVERGED_LOSS; the command line's last line names it.
-            self._write(f"| run {result.run} diverged (loss NaN, infinite or too large) after "
-                        f"{result.train_time_s:.2f} s; it is left out of the averages")
+            self._write(f"| run {result.run} diverged in epoch {len(result.epochs) + 1} (loss "
+                        f"NaN, infinite or too large) after {result.train_time_s:.2f} s; it is "
+                        "left out of the averages")
             return
         line = format_row({"run": result.run if self._first_row_of_run else None,
                            "epoch": "tta", "tta_acc": result.tta_acc,

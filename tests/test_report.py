@@ -51,7 +51,7 @@ def test_diverged_run_is_reported_and_left_out_of_the_summary():
     results = [_result(0, 0.94), _result(1, math.nan, diverged=True), _result(2, 0.92)]
     out = io.StringIO()
     _drive(Table(stream=out, live=False), results)
-    assert "run 1 diverged" in out.getvalue()
+    assert "run 1 diverged in epoch 1 (loss NaN" in out.getvalue()
     s = summarize(results)
     assert s.n == 2 and s.diverged == 1 and s.acc_mean == pytest.approx(0.93)
 
