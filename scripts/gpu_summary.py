@@ -38,6 +38,42 @@ def reference_runs(path):
     return accs[1:], times[1:]          # the first is the warm-up run
 
 
+def reference_epochs(path):
+    """{epoch (from 1): [seconds to its end, one per timed run]} from a reference log whose
+    epoch column counts from 0; the warm-up run is skipped."""
+    by_epoch, run = {}, None
+    for line in Path(path).read_text(errors="replace").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4:
+            continue
+        run = cells[0] or run
+        if run in (None, "run", "warmup") or not cells[1].isdigit():
+            continue
+        try:
+            by_epoch.setdefault(int(cells[1]) + 1, []).append(float(cells[-1]))
+        except ValueError:
+            continue
+    return by_epoch
+
+
+def our_epochs(record):
+    """{epoch: [seconds to its end, one per run that reached it]} from a record's rows."""
+    by_epoch = {}
+    for row in record.get("epochs", []):
+        by_epoch.setdefault(row["epoch"], []).append(row["time_s"])
+    return by_epoch
+
+
+def epoch_line(name, ours, reference, last=3):
+    """Mean time to the end of the first epochs, ours against the reference: a comparison
+    that holds even when runs were cut short or failed later."""
+    parts = [f"{e}: {mean(ours[e]):.3f} vs {mean(reference[e]):.3f} "
+             f"({mean(ours[e]) / mean(reference[e]):.2f})"
+             for e in sorted(ours.keys() & reference.keys())[:last]]
+    return (f"{name:<10} seconds to the end of epoch (ours vs reference, ratio) "
+            + "; ".join(parts)) if parts else None
+
+
 def describe(name, accs, times):
     if not accs:
         return f"{name:<10} no finished runs"
@@ -140,6 +176,7 @@ def main():
     parser.add_argument("--stages", help="when each stage of the check began")
     args = parser.parse_args()
     ref_accs, ref_times = reference_runs(args.reference) if args.reference else ([], [])
+    ref_epochs = reference_epochs(args.reference) if args.reference else {}
     for path in args.ours:
         record = json.loads(Path(path).read_text())
         runs = [r for r in record["runs"] if not r["diverged"]]
@@ -154,6 +191,9 @@ def main():
               f"{record['summary']['peak_mem_reserved'] / 2**20:.0f} MiB reserved"
               + (f"; stopped: {record['stopped']}" if record.get("stopped") else ""))
         print(describe(name, accs, times))
+        by_epoch = epoch_line(name, our_epochs(record), ref_epochs)
+        if by_epoch:
+            print(by_epoch)
         if times and ref_times:
             ratio = mean(times) / mean(ref_times)
             if math.isfinite(ratio):

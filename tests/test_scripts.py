@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from gpu_summary import clock_lines, clock_samples, reference_runs, stage_starts  # noqa: E402
+from gpu_summary import (clock_lines, clock_samples, epoch_line, our_epochs,  # noqa: E402
+                         reference_epochs, reference_runs, stage_starts)
 from profile_run import busy_and_gaps, kind  # noqa: E402
 
 REFERENCE_LOG = """\
@@ -29,6 +30,21 @@ def test_reference_runs_skip_the_warmup(tmp_path):
     log = tmp_path / "ref.log"
     log.write_text(REFERENCE_LOG)
     assert reference_runs(log) == ([0.9392, 0.9410], [2.0, 1.0])
+
+
+def test_time_to_each_epoch_compares_with_the_reference_even_without_finished_runs(tmp_path):
+    log = tmp_path / "ref.log"
+    log.write_text(REFERENCE_LOG)
+    reference = reference_epochs(log)
+    assert reference == {1: [0.2513]}           # the warm-up's epoch 0 (9.0 s) is skipped
+    # Two runs reached epoch 1, one of them epoch 2, and none finished.
+    record = {"epochs": [{"run": 0, "epoch": 1, "time_s": 0.2}, {"run": 1, "epoch": 1,
+                                                                 "time_s": 0.3},
+                         {"run": 1, "epoch": 2, "time_s": 0.5}]}
+    ours = our_epochs(record)
+    assert ours == {1: [0.2, 0.3], 2: [0.5]}
+    assert epoch_line("x", ours, reference).endswith("1: 0.250 vs 0.251 (0.99)")
+    assert epoch_line("x", {}, reference) is None
 
 
 def test_summary_gives_the_time_ratio(tmp_path):
