@@ -30,6 +30,7 @@ def summed_loss(logits, labels, label_smoothing):
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing,
                            reduction="sum")
 
+
 class TrainStep:
     """The training step of one network, made once and reset per run.
 
