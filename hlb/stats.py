@@ -87,6 +87,16 @@ def confidence_interval(xs, level=0.95):
     return mean(xs) - half, mean(xs) + half
 
 
+def above_target(xs, target):
+    """(t, p) of the one-sample t-test whose alternative is mean(xs) > target: how a claim
+    such as "a 94% mean" is checked (BENCHMARKS.md). NaN with fewer than two values or no
+    spread."""
+    if len(xs) < 2 or std(xs) == 0:
+        return math.nan, math.nan
+    t = (mean(xs) - target) / (std(xs) / math.sqrt(len(xs)))
+    return t, 1 - t_cdf(t, len(xs) - 1)
+
+
 @dataclass
 class Summary:
     n: int                    # runs that finished (diverged runs are counted apart)

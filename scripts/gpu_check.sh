@@ -34,6 +34,7 @@
 #   REF_STEPS (default 200): training steps per reference run, for its kernels per step.
 #   REF_WORK (default /tmp/hlb_reference): the reference's scratch folder, a fixed path too.
 #   RESERVE_S (default 30): seconds of the budget kept back for the summary and the packing.
+#   TARGET (default 0.94): the summary tests each variant's mean accuracy against it.
 # Exit status: 0 when every variant finished all its runs; else the last failing variant's
 # (124: cut by the budget). On a CPU, `DEVICE=cpu VARIANTS="s smoke 1" scripts/gpu_check.sh`
 # exercises all but the matmul rate, the cap and the clocks.
@@ -228,7 +229,7 @@ for part in . inductor; do
 done
 rm -f "$packed"
 
-summary_args=("${records[@]}" "${ref_args[@]}")
+summary_args=("${records[@]}" "${ref_args[@]}" --target "${TARGET:-0.94}")
 if [ -s "$LOGS/clocks.csv" ]; then
   summary_args+=(--clocks "$LOGS/clocks.csv" --stages "$LOGS/stages.txt")
 fi

@@ -1,7 +1,7 @@
 """Print the comparison table of scripts/gpu_check.sh: our records against a reference log.
 
     python scripts/gpu_summary.py [ours-LABEL.json ...] [--reference REFERENCE.log]
-                                  [--clocks CLOCKS.csv --stages STAGES.txt]
+                                  [--clocks CLOCKS.csv --stages STAGES.txt] [--target ACC]
 
 The reference log is the output of an airbench-style script: a `|`-separated table whose
 final row per run has "eval" in its second column, TTA accuracy in the next-to-last column
@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hlb.stats import confidence_interval, mean, std  # noqa: E402
+from hlb.stats import above_target, confidence_interval, mean, std  # noqa: E402
 
 
 def reference_runs(path):
@@ -74,14 +74,21 @@ def epoch_line(name, ours, reference, last=3):
             + "; ".join(parts)) if parts else None
 
 
-def describe(name, accs, times):
+def describe(name, accs, times, target=None):
+    """One line of accuracy and time; with `target`, a second: the one-sided t-test of
+    "the mean accuracy is above target", the claim a recipe is promoted on."""
     if not accs:
         return f"{name:<10} no finished runs"
     lo, hi = confidence_interval(accs)
-    return (f"{name:<10} n={len(accs):<4} acc mean {mean(accs):.4f} std {std(accs):.4f} "
+    line = (f"{name:<10} n={len(accs):<4} acc mean {mean(accs):.4f} std {std(accs):.4f} "
             f"min {min(accs):.4f} max {max(accs):.4f} CI95 [{lo:.4f}, {hi:.4f}] | "
             f"time mean {mean(times):.3f} std {std(times):.3f} "
             f"min {min(times):.3f} max {max(times):.3f} s")
+    if target is not None and len(accs) >= 2:
+        t, p = above_target(accs, target)
+        line += (f"\n{name:<10} mean above {target:.2%}: t={t:.2f}, one-sided p={p:.3g} "
+                 f"(n={len(accs)})")
+    return line
 
 
 # nvidia-smi's clock-event (throttle) reason bits; "idle" is left out of the report.
@@ -174,6 +181,8 @@ def main():
     parser.add_argument("--reference")
     parser.add_argument("--clocks", help="nvidia-smi samples taken during the check")
     parser.add_argument("--stages", help="when each stage of the check began")
+    parser.add_argument("--target", type=float, default=0.94,
+                        help="accuracy whose one-sided t-test is printed (default 0.94)")
     args = parser.parse_args()
     ref_accs, ref_times = reference_runs(args.reference) if args.reference else ([], [])
     ref_epochs = reference_epochs(args.reference) if args.reference else {}
@@ -190,7 +199,7 @@ def main():
               f"warm-up {record['warmup_s']:.1f} s, peak memory "
               f"{record['summary']['peak_mem_reserved'] / 2**20:.0f} MiB reserved"
               + (f"; stopped: {record['stopped']}" if record.get("stopped") else ""))
-        print(describe(name, accs, times))
+        print(describe(name, accs, times, args.target))
         by_epoch = epoch_line(name, our_epochs(record), ref_epochs)
         if by_epoch:
             print(by_epoch)
@@ -199,7 +208,7 @@ def main():
             if math.isfinite(ratio):
                 print(f"time ratio {name}/reference: {ratio:.3f}")
     if args.reference:
-        print(describe("reference", ref_accs, ref_times))
+        print(describe("reference", ref_accs, ref_times, args.target))
     if args.clocks and args.stages:
         print("GPU clocks by stage (nvidia-smi every 0.5 s):")
         print("\n".join(clock_lines(clock_samples(args.clocks), stage_starts(args.stages))))

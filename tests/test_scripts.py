@@ -63,6 +63,8 @@ def test_summary_gives_the_time_ratio(tmp_path):
     assert "94         n=2" in out.stdout
     assert "time ratio 94/reference: 2.000" in out.stdout      # 3.0 s against 1.5 s
     assert "reference  n=2" in out.stdout
+    # 0.94 and 0.95: t = 0.005 / (0.00707 / sqrt 2) = 1 with 1 degree of freedom (Cauchy).
+    assert "94         mean above 94.00%: t=1.00, one-sided p=0.25 (n=2)" in out.stdout
 
 
 FAKE_REFERENCE = """\

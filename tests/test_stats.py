@@ -3,7 +3,7 @@ import math
 import pytest
 
 from hlb.errors import UsageError
-from hlb.stats import (betainc, confidence_interval, holm_adjust, mean, normal_cdf,
+from hlb.stats import (above_target, betainc, confidence_interval, holm_adjust, mean, normal_cdf,
                        normal_quantile, one_sided_p, paired_test, runs_needed, std, t_cdf,
                        t_quantile, welch_test)
 
@@ -190,3 +190,15 @@ def test_paired_interval_at_another_level_on_the_sleep_data():
     half = 3.2498 * 1.58 / 4.0621
     assert r.ci95 == pytest.approx((1.58 - half, 1.58 + half), abs=2e-4)
     assert r.p_value == pytest.approx(0.002833, abs=1e-6)        # the level moves no p-value
+
+
+def test_above_target_matches_the_t_table():
+    # Two values: t = (mean - target) / (std / sqrt 2) = 0.006314 / 0.001 = 6.314, the
+    # tabulated one-sided 5% point of t with 1 degree of freedom.
+    t, p = above_target([0.947314, 0.945314], 0.94)
+    assert t == pytest.approx(6.314, rel=1e-6) and p == pytest.approx(0.05, abs=1e-4)
+    # A mean on the target is a coin toss; below it, p above one half: t = -sqrt(3) with 2
+    # degrees of freedom, whose cdf is 1/2 + t / (2 sqrt(2 + t^2)), gives p = 0.8873.
+    assert above_target([0.93, 0.95], 0.94)[1] == pytest.approx(0.5)
+    assert above_target([0.92, 0.93, 0.94], 0.94)[1] == pytest.approx(0.8873, abs=1e-4)
+    assert all(math.isnan(v) for v in above_target([0.95], 0.94) + above_target([0.5] * 3, 0.9))
