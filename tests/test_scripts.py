@@ -240,3 +240,32 @@ def test_gpu_report_gives_the_busy_share_gaps_and_kinds():
     assert "10-100 us: 1 gaps, 0.1 ms" in lines[2] and "1000-inf us: 1 gaps, 2.0 ms" in lines[2]
     assert lines[3].startswith("kernel time by kind (by name): "
                                "convolution and matmul 0.3 ms (60%)")
+
+
+def test_trace_steps_prints_each_step_and_stops_at_the_first_value_that_is_not_finite():
+    from conftest import synthetic_cifar
+    from trace_steps import main as trace_main
+    from trace_steps import trace
+
+    from hlb.model import build_net
+    from hlb.overrides import override
+    from hlb.recipes import RECIPES
+    from hlb.train import to_device
+
+    recipe = override(RECIPES["94muon"], ["train_images=256", "test_images=64", "batch_size=64",
+                                          "widths=8,16,16", "whiten_init_images=128"])
+    data = to_device(synthetic_cifar(), recipe, "cpu")
+    lines = []
+    assert trace(recipe, data, "cpu", steps=6, out=lines.append) == (None, 6)
+    assert [line.split()[1] for line in lines] == ["1", "2", "3", "4", "5", "6"]  # 2 epochs
+    assert all("max |out|" in line and "max |grad|" in line and "max |weight|" in line
+               and "not finite" not in line for line in lines)
+
+    # A head whose output overflows: the first step names the loss and the head's output.
+    net = build_net(recipe, "cpu")
+    net.head.register_forward_hook(lambda module, inputs, output: output * float("inf"))
+    lines = []
+    assert trace(recipe, data, "cpu", steps=6, out=lines.append, net=net) == (1, 1)
+    assert "not finite: loss, out head" in lines[0]
+
+    assert trace_main(["--steps", "0"]) == 2
