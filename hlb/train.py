@@ -64,9 +64,7 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
         train_loss, train_acc = step.epoch_means()
         if result.diverged or has_diverged(train_loss):
             result.diverged = True
-            result.train_time_s = watch.seconds
-            memory.record(result)
-            return result
+            break
         row = test.epoch_row(result, epoch + 1, train_loss, train_acc, watch.seconds, tta_check)
         if on_epoch:
             on_epoch(row)
@@ -74,17 +72,24 @@ def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=Non
             result.time_to_target = watch.seconds
             break
 
-    if target_acc is None:
+    if not result.diverged:
+        final_accuracy(result, test, watch, tta_check)
+    result.train_time_s = watch.seconds
+    memory.record(result)
+    return result
+
+
+def final_accuracy(result, test, watch, last_check):
+    """The run's reported accuracies. With a target, `last_check` (the last epoch's timed TTA
+    check) is the final TTA evaluation; without one (None), it is measured now, timed."""
+    if last_check is None:
         watch.start()
         tta_acc = test.tta_accuracy()
         watch.stop()
         result.tta_acc = tta_acc.item()
     else:
-        result.tta_acc = tta_check       # the last check is the final TTA evaluation
+        result.tta_acc = last_check
     result.val_acc = result.epochs[-1].val_acc
-    result.train_time_s = watch.seconds
-    memory.record(result)
-    return result
 
 
 def prepare_data(recipe, data, net, device):
