@@ -25,11 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hlb.stats import above_target, confidence_interval, mean, std  # noqa: E402
 
 
-def reference_runs(path):
-    accs, times = [], []
+def _table_rows(path):
+    """The cells of each `|`-separated row of a reference log with at least 4 columns."""
     for line in Path(path).read_text(errors="replace").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 4 and cells[1] == "eval":
+        if len(cells) >= 4:
+            yield cells
+
+
+def reference_runs(path):
+    accs, times = [], []
+    for cells in _table_rows(path):
+        if cells[1] == "eval":
             try:
                 accs.append(float(cells[-2]))
                 times.append(float(cells[-1]))
@@ -42,10 +49,7 @@ def reference_epochs(path):
     """{epoch (from 1): [seconds to its end, one per timed run]} from a reference log whose
     epoch column counts from 0; the warm-up run is skipped."""
     by_epoch, run = {}, None
-    for line in Path(path).read_text(errors="replace").splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 4:
-            continue
+    for cells in _table_rows(path):
         run = cells[0] or run
         if run in (None, "run", "warmup") or not cells[1].isdigit():
             continue
