@@ -2,7 +2,7 @@
 
 import sys
 
-from hlb.cli import main
+from hlb.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

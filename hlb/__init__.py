@@ -11,7 +11,7 @@
 __version__ = "0.1.0"
 
 from hlb.recipes import RECIPES, Recipe  # noqa: E402  (after __version__, which report reads)
-from hlb.runs import Record, train  # noqa: E402
-from hlb.saved import load, save  # noqa: E402
+from hlb.bench.runs import Record, train  # noqa: E402
+from hlb.bench.saved import load, save  # noqa: E402
 
 __all__ = ["RECIPES", "Recipe", "Record", "__version__", "load", "save", "train"]

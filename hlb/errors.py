@@ -1,7 +1,7 @@
 """Errors meant for the user: one line, what went wrong and what to do.
 
 Anything else that escapes is a bug in hlb: the command line saves its traceback to a file
-and prints one line naming the file (hlb.cli.main; HLB_DEBUG=1 shows the traceback instead).
+and prints one line naming the file (hlb.bench.cli.main; HLB_DEBUG=1 shows the traceback instead).
 """
 
 

@@ -4,7 +4,7 @@ A recipe is a frozen dataclass. Each field is a `knob`: its default and the valu
 declared together; building a Recipe (the named ones in RECIPES included) checks every field
 and the rules that tie fields together, and names the key, the value and what is allowed in a
 one-line UsageError. A new field is one line here: `name: type = knob(default, allowed)`.
-Text such as `--set key=value` is parsed on the command-line side (hlb.overrides).
+Text such as `--set key=value` is parsed on the command-line side (hlb.bench.overrides).
 """
 
 import dataclasses

@@ -6,7 +6,7 @@ on-device sums of the loss and of the correct answers. No operation in it waits 
 and nothing in it changes from one step to the next, except at the whitening bias's freeze:
 the run has two variants of the step, before and after, and on a GPU each is its own graph.
 
-With `capture_step` on a GPU, the warm-up (hlb.runs.PreparedRecipe.warmup) calls `capture()`,
+With `capture_step` on a GPU, the warm-up (hlb.bench.runs.PreparedRecipe.warmup) calls `capture()`,
 and from then on each call replays a graph. Everywhere else the same code runs eagerly.
 """
 

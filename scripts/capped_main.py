@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hlb.cli import main  # noqa: E402
+from hlb.bench.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     gigabytes = float(sys.argv[1])

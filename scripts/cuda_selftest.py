@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import synthetic_cifar  # noqa: E402
-from hlb.overrides import override  # noqa: E402
+from hlb.bench.overrides import override  # noqa: E402
 from hlb.recipes import RECIPES  # noqa: E402
-from hlb.report import Table, summary_lines  # noqa: E402
-from hlb.runs import resolve_device, run_recipe  # noqa: E402
+from hlb.bench.report import Table, summary_lines  # noqa: E402
+from hlb.bench.runs import resolve_device, run_recipe  # noqa: E402
 
 
 def main():

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hlb.errors import UsageError  # noqa: E402
 from hlb.evaluate import logits, recipe_views  # noqa: E402
 from hlb.model import make_net  # noqa: E402
-from hlb.overrides import override  # noqa: E402
+from hlb.bench.overrides import override  # noqa: E402
 from hlb.recipes import get_recipe  # noqa: E402
 
 

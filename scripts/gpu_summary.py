@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hlb.stats import above_target, confidence_interval, mean, std  # noqa: E402
+from hlb.bench.stats import above_target, confidence_interval, mean, std  # noqa: E402
 
 
 def _table_rows(path):

@@ -26,8 +26,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hlb.errors import HlbError  # noqa: E402
-from hlb.report import Listener  # noqa: E402
-from hlb.runs import PreparedRecipe, load_data, prepare  # noqa: E402
+from hlb.bench.report import Listener  # noqa: E402
+from hlb.bench.runs import PreparedRecipe, load_data, prepare  # noqa: E402
 from hlb.train import train_run  # noqa: E402
 
 # Kernel name fragments by kind, first match wins; a rough split, by name only.

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hlb.errors import HlbError, UsageError  # noqa: E402
 from hlb.model import build_net, reset  # noqa: E402
 from hlb.optim import Lookahead  # noqa: E402
-from hlb.runs import load_data, prepare  # noqa: E402
+from hlb.bench.runs import load_data, prepare  # noqa: E402
 from hlb.step import TrainStep  # noqa: E402
 from hlb.train import prepare_data, to_device  # noqa: E402
 

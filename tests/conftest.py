@@ -23,13 +23,13 @@ def cifar_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cifar(cifar_dir):
-    from hlb.dataset import load_cifar10
+    from hlb.data import load_cifar10
     return load_cifar10(cifar_dir, download=False)
 
 
 def synthetic_cifar(n_train=512, n_test=256, seed=0):
     """A learnable stand-in for CIFAR-10: each class is a noisy version of its own pattern."""
-    from hlb.dataset import Cifar10
+    from hlb.data import Cifar10
     g = torch.Generator().manual_seed(seed)
     prototypes = torch.rand(10, 3, 32, 32, generator=g) * 255
 

@@ -126,7 +126,7 @@ def concurrent_load_worker(barrier, queue, data_dir, url, tar_md5, file_md5s) ->
     """Child-process body for the concurrency test (top level, so spawn can import it):
     start together, load, report a digest of the data or the error."""
     try:
-        from hlb.dataset import load_cifar10
+        from hlb.data import load_cifar10
 
         barrier.wait(timeout=60)
         data = load_cifar10(data_dir, url=url, tar_md5=tar_md5, file_md5s=file_md5s,

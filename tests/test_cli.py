@@ -92,7 +92,7 @@ def test_a_diverging_run_sets_a_failing_status(cifar_dir, tmp_path):
 
 
 def test_help_says_where_a_resumed_record_goes():
-    from hlb.cli import build_compare_parser, build_parser
+    from hlb.bench.cli import build_compare_parser, build_parser
     for parser in (build_parser(), build_compare_parser()):
         text = " ".join(parser.format_help().split())
         assert "--resume RECORD.json" in text and "--allow-other-commit" in text

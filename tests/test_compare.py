@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from hlb.compare import (compare, compare_records, comparison_dict, comparison_lines,
+from hlb.bench.compare import (compare, compare_records, comparison_dict, comparison_lines,
                          load_record)
 from hlb.errors import HlbError, UsageError
 from hlb.train import RunResult
@@ -106,7 +106,7 @@ def test_comparison_dict_is_plain_json():
 
 
 def write_record(path, results):
-    # The shape hlb.report.record_dict writes, trimmed to what comparing reads.
+    # The shape hlb.bench.report.record_dict writes, trimmed to what comparing reads.
     path.write_text(json.dumps({"format": "hlb-cifar10 record v1", "recipe": {"name": "94"},
                                 "runs": results, "summary": {"n": len(results)}}))
     return path

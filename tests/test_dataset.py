@@ -1,4 +1,4 @@
-"""hlb.dataset: verify, decode, download and cache CIFAR-10 (fake files, plus one real run)."""
+"""hlb.data: verify, decode, download and cache CIFAR-10 (fake files, plus one real run)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-import hlb.cifar_decode as decode
-import hlb.dataset as ds
+import hlb.data.decode as decode
+import hlb.data as ds
 from fakecifar import (
     FOLDER,
     LABEL_NAMES,
@@ -34,7 +34,7 @@ from fakecifar import (
     py2_pickle,
     write_fake_batches,
 )
-from hlb.cifar_cache import CACHE_NAME, LOCK_NAME
+from hlb.data.cache import CACHE_NAME, LOCK_NAME
 from hlb.errors import DataError
 from hlb.files import TMP_PREFIX
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import hlb.runs
+import hlb.bench.runs
 from conftest import synthetic_cifar
-from hlb.dist import World, _alive, _short, timeout_s, world_from_env
+from hlb.bench.dist import World, _alive, _short, timeout_s, world_from_env
 from hlb.errors import HlbError, UsageError
-from hlb.overrides import override
+from hlb.bench.overrides import override
 from hlb.recipes import get_recipe
-from hlb.report import Listener
+from hlb.bench.report import Listener
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--recipe", "smoke", "--device", "cpu", "--set", "train_images=256",
@@ -251,22 +251,22 @@ def test_a_failing_rank_stops_the_rounds_and_keeps_what_was_gathered(monkeypatch
     for key, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
         monkeypatch.setenv(key, value)
-    real_train_run = hlb.runs.train_run
+    real_train_run = hlb.bench.runs.train_run
 
     def train_run(*args, run=0, **kwargs):
         if run == 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB.")
         return real_train_run(*args, run=run, **kwargs)
 
-    monkeypatch.setattr(hlb.runs, "train_run", train_run)
+    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
     recipe = override(get_recipe("smoke"), TINY[4:][1::2])
     seen = []
-    with hlb.runs.scheduler_for("cpu") as scheduler:
-        assert isinstance(scheduler, hlb.runs.TorchrunScheduler)
-        prepared = hlb.runs.PreparedRecipe(recipe, scheduler.device,
+    with hlb.bench.runs.scheduler_for("cpu") as scheduler:
+        assert isinstance(scheduler, hlb.bench.runs.TorchrunScheduler)
+        prepared = hlb.bench.runs.PreparedRecipe(recipe, scheduler.device,
                                            synthetic_cifar(256, 128), seed=5)
-        with pytest.raises(hlb.runs.Stopped) as stopped:
-            hlb.runs.run_rounds([prepared], 4, [Listener()], scheduler,
+        with pytest.raises(hlb.bench.runs.Stopped) as stopped:
+            hlb.bench.runs.run_rounds([prepared], 4, [Listener()], scheduler,
                                 on_round=lambda records, finished: seen.append(
                                     (len(records[0].results), records[0].stopped)))
     assert seen == [(1, "unfinished: 1 of 4 run(s) gathered"),
@@ -284,7 +284,7 @@ def test_work_on_rank_0_is_shared_and_its_failure_stops_everyone(monkeypatch):
     for key, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
         monkeypatch.setenv(key, value)
-    with hlb.runs.scheduler_for("cpu") as scheduler:
+    with hlb.bench.runs.scheduler_for("cpu") as scheduler:
         assert scheduler.on_leader(lambda: {"runs": [1, 2]}) == {"runs": [1, 2]}
         with pytest.raises(HlbError, match="a bad record") as refused:
             scheduler.on_leader(lambda: (_ for _ in ()).throw(UsageError("a bad record")))

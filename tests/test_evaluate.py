@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hlb.evaluate import evaluate, logits, tta_views
-from hlb.overrides import override
+from hlb.bench.overrides import override
 from hlb.recipes import RECIPES
 
 

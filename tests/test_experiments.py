@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-import hlb.runs
+import hlb.bench.runs
 from conftest import synthetic_cifar
-from hlb.cli import main
+from hlb.bench.cli import main
 
 TINY = ["--set", "train_images=256", "--set", "test_images=128", "--set", "batch_size=64",
         "--set", "epochs=2", "--set", "whiten_init_images=128", "--set", "widths=8,16,16"]
@@ -15,7 +15,7 @@ TINY = ["--set", "train_images=256", "--set", "test_images=128", "--set", "batch
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
     data = synthetic_cifar(256, 128)
-    monkeypatch.setattr(hlb.runs, "load_cifar10", lambda *args, **kwargs: data)
+    monkeypatch.setattr(hlb.bench.runs, "load_cifar10", lambda *args, **kwargs: data)
 
 
 def test_compare_runs_both_arms_interleaved_with_the_same_seeds(tmp_path, runs_dir, capsys):

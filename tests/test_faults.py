@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import hlb.files
-import hlb.runs
+import hlb.bench.runs
 from conftest import synthetic_cifar
-from hlb.cli import main
+from hlb.bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--recipe", "smoke", "--device", "cpu", "--set", "train_images=400",
@@ -28,7 +28,7 @@ TINY = ["--recipe", "smoke", "--device", "cpu", "--set", "train_images=400",
 def synthetic_data(monkeypatch):
     """`python main.py` in this process, on synthetic data instead of CIFAR-10."""
     data = synthetic_cifar(512, 256)
-    monkeypatch.setattr(hlb.runs, "load_cifar10", lambda *args, **kwargs: data)
+    monkeypatch.setattr(hlb.bench.runs, "load_cifar10", lambda *args, **kwargs: data)
 
 
 def _one_line(err):
@@ -39,14 +39,14 @@ def _one_line(err):
 
 def test_one_diverging_run_is_counted_and_the_others_go_on(synthetic_data, monkeypatch,
                                                            tmp_path, capsys):
-    real_train_run = hlb.runs.train_run
+    real_train_run = hlb.bench.runs.train_run
 
     def train_run(recipe, *args, run=0, **kwargs):
         if run == 1:                       # blow up the second run only
-            recipe = hlb.runs.override(recipe, ["lr=1e9"])
+            recipe = hlb.bench.runs.override(recipe, ["lr=1e9"])
         return real_train_run(recipe, *args, run=run, **kwargs)
 
-    monkeypatch.setattr(hlb.runs, "train_run", train_run)
+    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
     out = tmp_path / "r.json"
     status = main([*TINY, "--runs", "3", "--json", str(out)])
     captured = capsys.readouterr()
@@ -62,7 +62,7 @@ def test_one_diverging_run_is_counted_and_the_others_go_on(synthetic_data, monke
 
 def test_out_of_memory_is_one_line_and_keeps_the_finished_runs(synthetic_data, monkeypatch,
                                                                tmp_path, capsys):
-    real_train_run = hlb.runs.train_run
+    real_train_run = hlb.bench.runs.train_run
 
     def train_run(*args, run=0, **kwargs):
         if run == 1:
@@ -71,7 +71,7 @@ def test_out_of_memory_is_one_line_and_keeps_the_finished_runs(synthetic_data, m
                 "of 3.9 GiB of which 1.2 GiB is free.")
         return real_train_run(*args, run=run, **kwargs)
 
-    monkeypatch.setattr(hlb.runs, "train_run", train_run)
+    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
     out = tmp_path / "r.json"
     status = main([*TINY, "--runs", "3", "--json", str(out)])
     captured = capsys.readouterr()
@@ -171,14 +171,14 @@ def test_two_invocations_share_a_fresh_data_dir(cifar_dir, tmp_path):
 
 
 def _fail_run_1(monkeypatch):
-    real_train_run = hlb.runs.train_run
+    real_train_run = hlb.bench.runs.train_run
 
     def train_run(*args, run=0, **kwargs):
         if run == 1:
             raise RuntimeError("injected fault")
         return real_train_run(*args, run=run, **kwargs)
 
-    monkeypatch.setattr(hlb.runs, "train_run", train_run)
+    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
 
 
 def test_an_unexpected_error_is_one_line_keeps_the_runs_and_saves_the_traceback(
@@ -213,7 +213,7 @@ def test_an_unexpected_error_before_the_runs_is_one_line_too(monkeypatch, runs_d
     def broken(*args, **kwargs):
         raise ValueError("no such thing\nsecond line")
 
-    monkeypatch.setattr(hlb.runs, "load_cifar10", broken)
+    monkeypatch.setattr(hlb.bench.runs, "load_cifar10", broken)
     assert main(TINY) == 1
     line = _one_line(capsys.readouterr().err)
     assert "unexpected ValueError (no such thing)" in line

@@ -5,7 +5,7 @@ import torch
 
 from hlb.model import (ConvBeforePool, DiracConv, ResidualConvGroup, init_whitening, make_net,
                        patches, whitening_weights)
-from hlb.overrides import override
+from hlb.bench.overrides import override
 from hlb.recipes import RECIPES
 
 

@@ -6,9 +6,9 @@ from hlb.model import make_net
 from hlb.optim import (Lookahead, Muon, Schedule, lr_multiplier, make_optimizers,
                        newton_schulz, compiled_orthogonalize_all, orthogonalize_all,
                        sgd_settings, zero_state)
-from hlb.overrides import override
+from hlb.bench.overrides import override
 from hlb.recipes import RECIPES
-from hlb.runs import run_recipe
+from hlb.bench.runs import run_recipe
 
 
 def test_schedule_starts_peaks_and_ends_where_it_says():

@@ -7,9 +7,9 @@ pytest.importorskip("matplotlib")     # optional dependency: requirements-plot.t
 
 from test_records import make_record    # noqa: E402  (the tests folder is on sys.path)
 
-from hlb import plot  # noqa: E402
+from hlb.bench import plot  # noqa: E402
 from hlb.errors import HlbError, UsageError  # noqa: E402
-from hlb.plot import plot_records  # noqa: E402
+from hlb.bench.plot import plot_records  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -133,7 +133,7 @@ def test_a_failed_write_leaves_no_temporary_file(two_records, tmp_path, monkeypa
 
 
 def test_command_line_writes_the_plot(two_records, tmp_path, capsys):
-    from hlb.cli import main
+    from hlb.bench.cli import main
     out = tmp_path / "cli.png"
     assert main(["plot", *[str(p) for p in two_records], "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC

@@ -6,9 +6,9 @@ from conftest import synthetic_cifar
 from hlb.errors import UsageError
 from hlb.optim import lr_multiplier
 from hlb.optim import sgd_settings
-from hlb.overrides import override
+from hlb.bench.overrides import override
 from hlb.recipes import RECIPES, Recipe, get_recipe
-from hlb.runs import run_recipe
+from hlb.bench.runs import run_recipe
 
 
 def test_recipe_94_is_the_paper_method():

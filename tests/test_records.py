@@ -4,16 +4,16 @@ import os
 
 import pytest
 
-from hlb import records
-from hlb.cli import main
+from hlb.bench import records
+from hlb.bench.cli import main
 from hlb.errors import HlbError
-from hlb.records import (default_runs_dir, list_records, number, overrides_of, read_record,
+from hlb.bench.records import (default_runs_dir, list_records, number, overrides_of, read_record,
                          records_table, save_record)
 
 
 def make_record(name="smoke", accs=(0.50, 0.56), times=(20.0, 22.0), argv=None,
                 date="2025-01-02T03:04:05+0000", epochs=3, diverged=(), overrides=None):
-    """A small record in the format of hlb.report.record_dict; run i has accuracy accs[i]."""
+    """A small record in the format of hlb.bench.report.record_dict; run i has accuracy accs[i]."""
     runs, rows = [], []
     for i, (acc, t) in enumerate(zip(accs, times)):
         bad = i in diverged

@@ -5,10 +5,10 @@ import math
 import pytest
 
 from hlb.recipes import RECIPES
-from hlb.report import (Progress, Table, clock, duration, record_dict, summary_lines,
+from hlb.bench.report import (Progress, Table, clock, duration, record_dict, summary_lines,
                         write_json_atomic)
-from hlb.runs import Record
-from hlb.stats import summarize
+from hlb.bench.runs import Record
+from hlb.bench.stats import summarize
 from hlb.train import EpochRow, RunResult
 
 

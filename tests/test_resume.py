@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import hlb.runs
+import hlb.bench.runs
 from conftest import synthetic_cifar
-from hlb.cli import main
+from hlb.bench.cli import main
 from hlb.recipes import get_recipe
 from test_dist import _children, _env, _rank_of, _torchrun
 
@@ -136,13 +136,13 @@ def test_a_torchrun_job_that_lost_a_worker_resumes(cifar_dir, tmp_path):
 @pytest.fixture
 def synthetic_data(monkeypatch):
     data = synthetic_cifar(256, 128)
-    monkeypatch.setattr(hlb.runs, "load_cifar10", lambda *args, **kwargs: data)
+    monkeypatch.setattr(hlb.bench.runs, "load_cifar10", lambda *args, **kwargs: data)
 
 
 def _interrupt_at(monkeypatch, run, when=lambda recipe: True):
     """train_run raises KeyboardInterrupt the first time it is asked for `run` (of a recipe
     that `when` picks); returns the list of (lr, run) it was asked for."""
-    real_train_run, asked, stop_at = hlb.runs.train_run, [], run
+    real_train_run, asked, stop_at = hlb.bench.runs.train_run, [], run
 
     def train_run(recipe, *args, run=0, **kwargs):
         asked.append((recipe.lr, run))
@@ -150,7 +150,7 @@ def _interrupt_at(monkeypatch, run, when=lambda recipe: True):
             raise KeyboardInterrupt
         return real_train_run(recipe, *args, run=run, **kwargs)
 
-    monkeypatch.setattr(hlb.runs, "train_run", train_run)
+    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
     return asked
 
 
@@ -179,7 +179,7 @@ def interrupted_text(tmp_path_factory):
     out = tmp_path_factory.mktemp("interrupted") / "r.json"
     with pytest.MonkeyPatch.context() as monkeypatch:
         data = synthetic_cifar(256, 128)
-        monkeypatch.setattr(hlb.runs, "load_cifar10", lambda *args, **kwargs: data)
+        monkeypatch.setattr(hlb.bench.runs, "load_cifar10", lambda *args, **kwargs: data)
         _interrupt_at(monkeypatch, 1)
         assert main([*TINY, "--runs", "2", "--no-save", "--json", str(out)]) == 130
     return out.read_text()

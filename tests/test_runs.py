@@ -1,16 +1,16 @@
-"""The runner (hlb.runs.run_rounds) in one process, with a stand-in for training so that the
+"""The runner (hlb.bench.runs.run_rounds) in one process, with a stand-in for training so that the
 rounds, the round hook, stopping, filing in run order and failures are checked in seconds."""
 
 import pytest
 import torch
 
-import hlb.runs
+import hlb.bench.runs
 from conftest import synthetic_cifar
 from hlb.errors import HlbError, Unexpected
-from hlb.overrides import override
+from hlb.bench.overrides import override
 from hlb.recipes import RECIPES
-from hlb.report import Listener
-from hlb.runs import LocalScheduler, PreparedRecipe, Stopped, run_rounds
+from hlb.bench.report import Listener
+from hlb.bench.runs import LocalScheduler, PreparedRecipe, Stopped, run_rounds
 from hlb.train import EpochRow, RunResult
 
 RECIPE = override(RECIPES["smoke"], ["train_images=256", "test_images=128", "batch_size=64",
@@ -32,7 +32,7 @@ def fake_training(monkeypatch):
         return RunResult(run=run, seed=seed, tta_acc=0.5 + seed / 1000, val_acc=0.3,
                          train_time_s=0.1, epochs=[row])
 
-    monkeypatch.setattr(hlb.runs, "train_run", train_run)
+    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
     return failing
 
 

@@ -1,4 +1,4 @@
-"""Saved networks (hlb/saved.py): `--save-model`, `eval`, `hlb.load`, and files we refuse."""
+"""Saved networks (hlb/bench/saved.py): `--save-model`, `eval`, `hlb.load`, and files we refuse."""
 
 import errno
 import json
@@ -16,12 +16,13 @@ import torch
 
 import hlb
 from hlb.augment import normalize
-from hlb.cli import main
+from hlb.bench.cli import main
 from hlb.errors import HlbError
 from hlb.evaluate import evaluate
-from hlb.overrides import override
+from hlb.bench.overrides import override
 from hlb.recipes import get_recipe
-from hlb.saved import FORMAT, load_saved, read_safetensors, save, save_model, write_safetensors
+from hlb.bench.saved import (FORMAT, load_saved, read_safetensors, save, save_model,
+                             write_safetensors)
 from hlb.model import build_net
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -248,7 +248,7 @@ def test_trace_steps_prints_each_step_and_stops_at_the_first_value_that_is_not_f
     from trace_steps import trace
 
     from hlb.model import build_net
-    from hlb.overrides import override
+    from hlb.bench.overrides import override
     from hlb.recipes import RECIPES
     from hlb.train import to_device
 

@@ -2,10 +2,10 @@ import math
 
 import pytest
 
+from hlb.bench.stats import (above_target, betainc, confidence_interval, holm_adjust, mean,
+                             normal_cdf, normal_quantile, one_sided_p, paired_test, runs_needed,
+                             std, t_cdf, t_quantile, welch_test)
 from hlb.errors import UsageError
-from hlb.stats import (above_target, betainc, confidence_interval, holm_adjust, mean, normal_cdf,
-                       normal_quantile, one_sided_p, paired_test, runs_needed, std, t_cdf,
-                       t_quantile, welch_test)
 
 
 def test_mean_and_sample_std():
@@ -161,9 +161,9 @@ def test_runs_needed_for_no_difference_or_missing_spread():
     assert math.isnan(runs_needed(math.nan, 0.0013, 0.0013))
 
 
-# Many comparisons (hlb.sweep). The Holm values are worked by hand: sorted p 0.005, 0.01, 0.03,
-# 0.04 times 4, 3, 2, 1 give 0.02, 0.03, 0.06, 0.04, and the running maximum makes the last
-# 0.06; R's p.adjust(c(0.01, 0.04, 0.03, 0.005), "holm") prints the same.
+# Many comparisons (hlb.bench.sweep). The Holm values are worked by hand: sorted p 0.005,
+# 0.01, 0.03, 0.04 times 4, 3, 2, 1 give 0.02, 0.03, 0.06, 0.04, and the running maximum makes
+# the last 0.06; R's p.adjust(c(0.01, 0.04, 0.03, 0.005), "holm") prints the same.
 
 
 def test_holm_adjust_of_a_worked_example():

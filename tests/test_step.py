@@ -9,10 +9,10 @@ from conftest import synthetic_cifar
 from hlb.errors import UsageError
 from hlb.model import build_net, reset
 from hlb.optim import Lookahead, lr_multiplier, orthogonalize_all, sgd_settings
-from hlb.overrides import override
+from hlb.bench.overrides import override
 from hlb.recipes import RECIPES
-from hlb.report import Listener
-from hlb.runs import PreparedRecipe
+from hlb.bench.report import Listener
+from hlb.bench.runs import PreparedRecipe
 from hlb.step import TrainStep, summed_loss
 
 # 8 steps per epoch, 24 in all; the whitening bias freezes after step 8.

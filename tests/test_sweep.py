@@ -1,4 +1,4 @@
-"""Sweeps (hlb.sweep): the grid and its checks, the statistics of the table, pruning, the
+"""Sweeps (hlb.bench.sweep): the grid and its checks, the statistics of the table, pruning, the
 command line end to end (training replaced by a planted accuracy, so it is fast and exact),
 --resume (interrupted before, in and after a pruning look; the refusals), and a real tiny
 sweep under torchrun against one process."""
@@ -10,14 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 
-import hlb.runs
-import hlb.sweep
+import hlb.bench.runs
+import hlb.bench.sweep
 from conftest import synthetic_cifar
-from hlb import cli
+from hlb.bench import cli
 from hlb.errors import UsageError
 from hlb.recipes import get_recipe
-from hlb.stats import holm_adjust, paired_test
-from hlb.sweep import (ALPHA, Grid, critical_t, make_grid, prune_level, rank, to_drop,
+from hlb.bench.stats import holm_adjust, paired_test
+from hlb.bench.sweep import (ALPHA, Grid, critical_t, make_grid, prune_level, rank, to_drop,
                        verdict)
 from hlb.train import RunResult
 
@@ -98,8 +98,8 @@ def _runs(shift=0.0, n=10, noise=0.0002, time=3.0, seeds=None):
 
 
 def _grid(names, runs=10, prune=False):
-    cells = [hlb.sweep.Cell(name, {}, SMOKE) for name in names]
-    return Grid(hlb.sweep.Cell("base", {}, SMOKE), [], cells, runs, prune)
+    cells = [hlb.bench.sweep.Cell(name, {}, SMOKE) for name in names]
+    return Grid(hlb.bench.sweep.Cell("base", {}, SMOKE), [], cells, runs, prune)
 
 
 def test_rows_are_ranked_with_simultaneous_intervals_and_holm_p_values():
@@ -180,8 +180,8 @@ def planted(monkeypatch):
         acc = 0.5 + 0.01 * math.sin(7 * seed) + EFFECT[recipe.lr] + noise * math.cos(seed + 1)
         return RunResult(run=run, seed=seed, tta_acc=acc, val_acc=acc,
                          train_time_s=2.0 + recipe.lr / 100)
-    monkeypatch.setattr(hlb.runs, "train_run", train_run)
-    monkeypatch.setattr(hlb.runs, "load_data", lambda data_dir=None: synthetic_cifar())
+    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
+    monkeypatch.setattr(hlb.bench.runs, "load_data", lambda data_dir=None: synthetic_cifar())
     return train_run
 
 
@@ -228,7 +228,7 @@ PRUNED = ["sweep", *TINY, "--vary", "lr=1,10,12", "--runs", "5", "--prune", "--n
 def _interrupt(monkeypatch, where):
     """Ctrl-C once, `where`: "in run i" (of the cell lr=10) or "in the look after run n"
     (the pruning test of that round); returns the (lr, run) pairs train_run is asked for."""
-    real_run, real_drop, asked, hit = hlb.runs.train_run, hlb.sweep.to_drop, [], []
+    real_run, real_drop, asked, hit = hlb.bench.runs.train_run, hlb.bench.sweep.to_drop, [], []
 
     def train_run(recipe, *args, run=0, **kwargs):
         asked.append((recipe.lr, run))
@@ -243,8 +243,8 @@ def _interrupt(monkeypatch, where):
             raise KeyboardInterrupt
         return real_drop(grid, results, active, finished)
 
-    monkeypatch.setattr(hlb.runs, "train_run", train_run)
-    monkeypatch.setattr(hlb.sweep, "to_drop", to_drop)
+    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
+    monkeypatch.setattr(hlb.bench.sweep, "to_drop", to_drop)
     return asked
 
 
@@ -290,7 +290,7 @@ def interrupted_sweep(planted, monkeypatch, tmp_path):
     path = tmp_path / "sweep.json"
     _interrupt(monkeypatch, "in run 3")
     assert cli.main([*PRUNED, "--json", str(path)]) == 130
-    monkeypatch.setattr(hlb.runs, "train_run", planted)
+    monkeypatch.setattr(hlb.bench.runs, "train_run", planted)
     return path, json.loads(path.read_text())
 
 
@@ -399,7 +399,7 @@ def test_a_sweep_over_two_processes_gives_the_runs_of_one(cifar_dir, tmp_path):
 
 def _sweep_record(varies, accs):
     """A sweep record as sweep_dict writes it, with planted runs: accs[cell] per seed."""
-    from hlb.runs import Record
+    from hlb.bench.runs import Record
     grid = make_grid(SMOKE, [], varies, runs=4)
     records = []
     for i in range(len(grid.cells) + 1):
@@ -407,7 +407,7 @@ def _sweep_record(varies, accs):
         record.results = [RunResult(run=s, seed=s, tta_acc=accs(i, s), train_time_s=2 + i / 10)
                           for s in range(4)]
         records.append(record)
-    return hlb.sweep.sweep_dict(hlb.sweep.Outcome(grid, records, {2: {
+    return hlb.bench.sweep.sweep_dict(hlb.bench.sweep.Outcome(grid, records, {2: {
         "after_runs": 3, "why": "planted"}}), ["sweep"])
 
 

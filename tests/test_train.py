@@ -7,9 +7,9 @@ from conftest import synthetic_cifar
 from hlb.augment import normalize
 from hlb.evaluate import evaluate
 from hlb.model import build_net, compute_dtype, reset
-from hlb.overrides import override
+from hlb.bench.overrides import override
 from hlb.recipes import RECIPES
-from hlb.runs import run_recipe
+from hlb.bench.runs import run_recipe
 from hlb.train import to_device, train_run
 
 TINY = ["train_images=512", "test_images=256", "batch_size=64", "epochs=3.0",

@@ -5,8 +5,8 @@ Layout inside a data dir:
     cifar10_uint8.pt       decoded tensors, checksummed, keyed on the files' fingerprint
     .hlb.lock              advisory lock, so concurrent runs prepare the data only once
 
-The jobs live beside this file: hlb.cifar_fetch downloads, hlb.cifar_decode verifies and
-decodes, hlb.cifar_cache keeps the cache and the lock. Every problem the user can fix is a
+The jobs live beside this file: hlb.data.fetch downloads, hlb.data.decode verifies and
+decodes, hlb.data.cache keeps the cache and the lock. Every problem the user can fix is a
 one-line DataError.
 """
 
@@ -15,9 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from hlb.cifar_cache import CACHE_NAME, load_cache, locked, source_signature, write_cache
-from hlb.cifar_decode import FOLDER, SOURCE_FILES, Cifar10, read_batches
-from hlb.cifar_fetch import HINT, download_cifar10
+from hlb.data.cache import CACHE_NAME, load_cache, locked, source_signature, write_cache
+from hlb.data.decode import FOLDER, SOURCE_FILES, Cifar10, read_batches
+from hlb.data.fetch import HINT, download_cifar10
 from hlb.errors import DataError
 from hlb.files import reason
 

@@ -21,7 +21,7 @@ import torch
 from hlb.errors import HlbError, UsageError
 from hlb.files import write_atomic
 from hlb.recipes import Recipe
-from hlb.report import jsonable
+from hlb.bench.report import jsonable
 
 FORMAT = "hlb-cifar10 model v1"
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -234,7 +234,7 @@ def evaluate_saved(path, data_dir=None, device=None):
     from hlb.augment import normalize
     from hlb.evaluate import evaluate
     from hlb.model import compute_dtype, input_memory_format
-    from hlb.runs import load_data, resolve_device
+    from hlb.bench.runs import load_data, resolve_device
     from hlb.train import to_device
 
     device = resolve_device(device)

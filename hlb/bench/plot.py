@@ -12,8 +12,8 @@ from pathlib import Path
 
 from hlb.errors import HlbError, UsageError
 from hlb.files import write_atomic
-from hlb.records import number, overrides_of, read_record
-from hlb.stats import confidence_interval, mean, std
+from hlb.bench.records import number, overrides_of, read_record
+from hlb.bench.stats import confidence_interval, mean, std
 
 INSTALL_HINT = "plotting needs matplotlib: python -m pip install -r requirements-plot.txt"
 DPI = 120
@@ -78,7 +78,7 @@ class _Arm:
         return label if len(label) <= MAX_LABEL else label[:MAX_LABEL - 1] + "…"
 
     def stem(self):
-        # Records saved by hlb.records are all named record.json; their folder says more.
+        # Records saved by hlb.bench.records are all named record.json; their folder says more.
         return self.path.parent.name if self.path.stem == "record" else self.path.stem
 
     def count(self):
@@ -238,7 +238,7 @@ def _save_atomic(fig, out):
         raise HlbError(f"could not write the plot {out} ({e.strerror or e})") from None
 
 
-# A sweep record (hlb.sweep, `main.py sweep`): one point per cell, and a heat map of two keys.
+# A sweep record (hlb.bench.sweep, `main.py sweep`): one point per cell, and a heat map of two keys.
 
 SWEEP_FORMAT = "hlb-cifar10 sweep v1"
 

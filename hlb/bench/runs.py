@@ -8,7 +8,7 @@ each round the results of every process are gathered in run order and `on_round`
 them (and ask to stop some recipes). Run i always has seed `seed + i`, whatever the scheduler.
 
 This is the Python API behind `python main.py` (and `hlb.train`): it returns Records and
-prints nothing itself; progress goes to listeners (hlb.report.Listener).
+prints nothing itself; progress goes to listeners (hlb.bench.report.Listener).
 """
 
 import dataclasses
@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hlb import dist
-from hlb.dataset import CIFAR10_TAR_MD5, CIFAR10_URL, default_data_dir, load_cifar10
+from hlb.bench import dist
+from hlb.data import CIFAR10_TAR_MD5, CIFAR10_URL, default_data_dir, load_cifar10
 from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
 from hlb.model import build_net
-from hlb.overrides import override
+from hlb.bench.overrides import override
 from hlb.recipes import Recipe, get_recipe
-from hlb.report import Listener
-from hlb.stats import Summary, summarize
+from hlb.bench.report import Listener
+from hlb.bench.stats import Summary, summarize
 from hlb.step import TrainStep
 from hlb.train import EpochRow, RunResult, to_device, train_run
 
@@ -191,7 +191,7 @@ class LocalScheduler:
 
 
 class TorchrunScheduler(LocalScheduler):
-    """Runs spread over torchrun's processes through a joined hlb.dist.Group: run i goes to
+    """Runs spread over torchrun's processes through a joined hlb.bench.dist.Group: run i goes to
     rank i % world size. Results travel as JSON text, never as pickles."""
 
     def __init__(self, group):

@@ -35,7 +35,7 @@ def format_row(values):
 
 
 class Listener:
-    """What a runner tells about its progress (hlb.runs.run_rounds); each method does
+    """What a runner tells about its progress (hlb.bench.runs.run_rounds); each method does
     nothing here, so a listener overrides only what it shows."""
 
     def planned(self, runs, steps):
@@ -81,7 +81,7 @@ class Progress:
     """The steps of one invocation, counted as this process runs them, and the time left at
     the speed measured so far: wall clock from the first step on, so evaluation and the gaps
     between runs count too. One is shared by the tables of an invocation (both arms of a
-    compare); it knows nothing of the recipe, only steps (hlb.runs tells how many)."""
+    compare); it knows nothing of the recipe, only steps (hlb.bench.runs tells how many)."""
 
     def __init__(self, quicker=None, long_s=LONG_S, measure_steps=3, measure_s=2.0,
                  clock=time.perf_counter):

@@ -209,7 +209,7 @@ def welch_test(a, b):
 
 def paired_test(a, b, level=0.95):
     """Paired t-test on the differences b_i - a_i (n - 1 df); a and b pair up by index.
-    `level` sets the interval's confidence (a sweep asks for 1 - alpha/m, see hlb.sweep)."""
+    `level` sets the interval's confidence (a sweep asks for 1 - alpha/m, see hlb.bench.sweep)."""
     if len(a) != len(b):
         raise UsageError(f"a paired test needs arms of equal length, not {len(a)} and {len(b)}")
     d = [y - x for x, y in zip(a, b)]
@@ -237,7 +237,7 @@ def runs_needed(diff, std_a, std_b, alpha=0.05, power=0.8, paired_std=None):
     return max(2, math.ceil(z * z * variance / (diff * diff)))
 
 
-# Many comparisons at once (hlb.sweep): corrections that keep the family-wise error at alpha.
+# Many comparisons at once (hlb.bench.sweep): corrections that keep the family-wise error at alpha.
 
 
 def one_sided_p(t):

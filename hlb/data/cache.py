@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from hlb.cifar_decode import FOLDER, NUM_CLASSES, SOURCE_FILES, Cifar10
+from hlb.data.decode import FOLDER, NUM_CLASSES, SOURCE_FILES, Cifar10
 from hlb.files import TMP_PREFIX, reason, remove, write_atomic
 
 try:

@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass
 
 from hlb.errors import HlbError, UsageError
-from hlb.records import number, read_record
-from hlb.report import jsonable
-from hlb.stats import DiffTest, mean, paired_test, runs_needed, std, welch_test
+from hlb.bench.records import number, read_record
+from hlb.bench.report import jsonable
+from hlb.bench.stats import DiffTest, mean, paired_test, runs_needed, std, welch_test
 
 RUN_KEYS = ("tta_acc", "train_time_s", "seed", "diverged")
 
@@ -160,7 +160,8 @@ def comparison_dict(c):
 
 
 def load_record(path):
-    """Read a record written by `main.py --json` (hlb.report.record_dict) and check its runs."""
+    """Read a record written by `main.py --json` (hlb.bench.report.record_dict) and check
+    its runs."""
     record = read_record(path)
     runs = record["runs"]
     for i, run in enumerate(runs):

@@ -2,7 +2,7 @@
 
     runs/20250101-120000-smoke-1a2b3c4d/record.json
 
-A record is the dict that `main.py --json` writes (hlb.report.record_dict). The folder name
+A record is the dict that `main.py --json` writes (hlb.bench.report.record_dict). The folder name
 starts with the save time so `ls` sorts it; the short hash of the JSON text keeps two saves in
 the same second apart (two identical records share a folder, which loses nothing).
 `python main.py runs` prints the table, newest first.
@@ -40,7 +40,7 @@ def save_record(record, runs_dir):
     """Write `record` to runs_dir/<YYYYmmdd-HHMMSS>-<recipe>-<hash8>/record.json; return it."""
     if not isinstance(record, dict):
         raise HlbError(f"cannot save {type(record).__name__} as a record; give a dict as "
-                       f"written by hlb.report.record_dict")
+                       f"written by hlb.bench.report.record_dict")
     # The hash names exactly the text written.
     text = json.dumps(record, indent=1) + "\n"
     folder = Path(runs_dir) / _folder_name(record, text)

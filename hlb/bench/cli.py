@@ -4,7 +4,7 @@ Exit status: 0 success; 1 a data problem, a run that diverged, a record cut shor
 or an unexpected error (its traceback saved to a file, see `main`); 2 a usage error (a
 --resume that is not the interrupted command, too); 130 Ctrl-C or SIGTERM (a scheduler's time
 limit, `timeout`). All of them keep the finished runs, and --resume runs the rest.
-Under torchrun (hlb.dist) rank 0 prints, writes and sets that status; the other ranks stay
+Under torchrun (hlb.bench.dist) rank 0 prints, writes and sets that status; the other ranks stay
 silent and exit 0 (130 on Ctrl-C), except for an error only they can report.
 """
 
@@ -19,18 +19,18 @@ import threading
 import time
 from pathlib import Path
 
-from hlb import resume
-from hlb.compare import compare, compare_records, comparison_dict, comparison_lines
-from hlb.dist import world_from_env
+from hlb.bench import resume
+from hlb.bench.compare import compare, compare_records, comparison_dict, comparison_lines
+from hlb.bench.dist import world_from_env
 from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
 from hlb.files import reason
-from hlb.overrides import override
-from hlb.plot import plot_records
+from hlb.bench.overrides import override
+from hlb.bench.plot import plot_records
 from hlb.recipes import RECIPES, get_recipe
-from hlb.records import default_runs_dir, list_records, records_table, save_record
-from hlb.report import Progress, Table, record_dict, summary_lines, write_json_atomic
-from hlb.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
-from hlb.sweep import make_grid, run_sweep, sweep_dict, table_lines
+from hlb.bench.records import default_runs_dir, list_records, records_table, save_record
+from hlb.bench.report import Progress, Table, record_dict, summary_lines, write_json_atomic
+from hlb.bench.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
+from hlb.bench.sweep import make_grid, run_sweep, sweep_dict, table_lines
 from hlb.train import DIVERGED_LOSS
 
 
@@ -442,7 +442,7 @@ def _check_save_model(path):
 
 def _save_model(path, record, error):
     """Save the last run's network when that run finished (see --save-model)."""
-    from hlb.saved import save
+    from hlb.bench.saved import save
 
     if not path:
         return
@@ -456,7 +456,7 @@ def _save_model(path, record, error):
 
 
 def _eval(argv):
-    from hlb.saved import evaluate_saved
+    from hlb.bench.saved import evaluate_saved
 
     p = _Parser(prog=_prog("eval"),
                 description="Test a network saved with --save-model: plain and TTA accuracy "
@@ -491,7 +491,7 @@ def _runs(argv):
 
 
 def _sweep(argv):
-    """`main.py sweep`: the base and a grid of variants, interleaved, ranked (hlb.sweep)."""
+    """`main.py sweep`: the base and a grid of variants, interleaved, ranked (hlb.bench.sweep)."""
     args = build_sweep_parser().parse_args(argv)
     grid = make_grid(get_recipe(args.recipe), args.set, args.vary, args.runs, args.prune)
     device = resolve_device(args.device)

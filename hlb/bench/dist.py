@@ -3,7 +3,7 @@ is lost, the one line that says which and why.
 
     torchrun --nproc_per_node=8 main.py --runs 200 --json out.json
 
-Which process runs which run is hlb.runs.TorchrunScheduler's; this module only lets the
+Which process runs which run is hlb.bench.runs.TorchrunScheduler's; this module only lets the
 processes meet and talk. Results travel as JSON text in uint8 tensors, never as pickles.
 Without torchrun (none of WORLD_SIZE, RANK and LOCAL_RANK in the environment) `joined` yields
 None and nothing here runs.

@@ -28,11 +28,11 @@ import math
 from dataclasses import dataclass, field
 
 from hlb.errors import UsageError
-from hlb.overrides import override, settable
+from hlb.bench.overrides import override, settable
 from hlb.recipes import Recipe
-from hlb.report import Listener, jsonable, record_dict
-from hlb.runs import PreparedRecipe, Stopped, run_rounds
-from hlb.stats import (DiffTest, confidence_interval, holm_adjust, mean, one_sided_p,
+from hlb.bench.report import Listener, jsonable, record_dict
+from hlb.bench.runs import PreparedRecipe, Stopped, run_rounds
+from hlb.bench.stats import (DiffTest, confidence_interval, holm_adjust, mean, one_sided_p,
                        paired_test, summarize, t_quantile)
 
 FORMAT = "hlb-cifar10 sweep v1"
@@ -274,7 +274,7 @@ class RunLines(Listener):
 @dataclass
 class Outcome:
     grid: Grid
-    records: list             # hlb.runs.Record per bench: the base, then each cell
+    records: list             # hlb.bench.runs.Record per bench: the base, then each cell
     dropped: dict = field(default_factory=dict)     # bench index -> {"after_runs", "why"}
     error: BaseException = None       # why the sweep stopped early (KeyboardInterrupt: Ctrl-C)
 
@@ -286,7 +286,7 @@ class Outcome:
 def run_sweep(grid, scheduler, seed=0, data_dir=None, each_round=None, stream=None,
               restore=None):
     """Run the base and every cell, interleaved with seeds seed..seed+runs-1, in the
-    scheduler's rounds (hlb.runs); an Outcome on every process. `each_round(outcome)` runs
+    scheduler's rounds (hlb.bench.runs); an Outcome on every process. `each_round(outcome)` runs
     after each round but the last on the reporting process, after pruning, while the
     records are marked unfinished. A resumed sweep gives `restore(prepared, data fingerprint)`:
     it puts the finished runs back and returns the cells dropped before ({bench index:

@@ -4,20 +4,20 @@ The record, rewritten after every round, holds the runs that finished and how ma
 (`runs_asked`). A resume checks that its command is the interrupted one (recipe, overrides,
 seed, runs, target, kind of device, data, and code commit unless allowed to differ), puts the
 finished runs back into the prepared record as they were, and the runner runs only the others
-(hlb.runs.run_rounds skips runs already in a record). A file that is not as main.py wrote it
+(hlb.bench.runs.run_rounds skips runs already in a record). A file that is not as main.py wrote it
 (cut short, edited) is refused in one line, as is a command that differs.
 
 Three kinds of record resume alike (`parts` names the records in each): main.py's (one), a
-compare record (arms a and b) and a sweep record (the base, then each cell: hlb.sweep).
+compare record (arms a and b) and a sweep record (the base, then each cell: hlb.bench.sweep).
 """
 
 import dataclasses
 import json
 
 from hlb.errors import HlbError, UsageError
-from hlb.records import check_record, load_json, whole
-from hlb.report import git_commit, jsonable
-from hlb.sweep import FORMAT as SWEEP_FORMAT
+from hlb.bench.records import check_record, load_json, whole
+from hlb.bench.report import git_commit, jsonable
+from hlb.bench.sweep import FORMAT as SWEEP_FORMAT
 from hlb.train import EpochRow, RunResult
 
 _HINT = "run the command again without --resume"
@@ -199,7 +199,7 @@ def check_data(record, path, fingerprint):
 
 
 def restore(target, record, path, arm=""):
-    """Put the finished runs of `record` into `target` (a hlb.runs.Record) as they were, and
+    """Put the finished runs of `record` into `target` (a hlb.bench.runs.Record) as they were, and
     note the invocation that ran them."""
     target.results = results_of(record, path, arm)
     env = record["environment"]

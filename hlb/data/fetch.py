@@ -17,7 +17,7 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
-from hlb.cifar_decode import FOLDER, SOURCE_FILES
+from hlb.data.decode import FOLDER, SOURCE_FILES
 from hlb.errors import DataError
 from hlb.files import TMP_PREFIX, reason, remove
 
