@@ -31,6 +31,7 @@
 #             "muon 94muon 40; muon-ro 94muon 20 --set compile=true --set compile_mode=reduce-overhead"
 #             Default: one variant per name in RECIPE (default 94), RUNS runs each, with EXTRA.
 #   HLB_DATA_DIR (default ./data), OUT (default ./gpu_check_out), DEVICE (default cuda).
+#   PYTHON (default python3): the interpreter every stage runs with.
 #   REF_STEPS (default 200): training steps per reference run, for its kernels per step.
 #   REF_WORK (default /tmp/hlb_reference): the reference's scratch folder, a fixed path too.
 #   RESERVE_S (default 30): seconds of the budget kept back for the summary and the packing.
@@ -40,6 +41,7 @@
 # exercises all but the matmul rate, the cap and the clocks.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+PYTHON=${PYTHON:-python3}
 RUNS=${1:-50}
 REF=${2:-}
 REF_RUNS=${3:-25}
@@ -109,7 +111,7 @@ if command -v nvidia-smi >/dev/null; then
 else
   echo "nvidia-smi not found: no clock samples"
 fi
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+"$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 git -C "$here" log -1 --format='commit %h %s' 2>/dev/null
 
 echo "== compile cache"
@@ -125,12 +127,12 @@ cached_at_start=$(cache_files)
 
 echo "== data"
 if [ ! -d "$DATA/cifar-10-batches-py" ] && [ -f "$here/.cifar10/materialize.py" ]; then
-  python3 "$here/.cifar10/materialize.py" "$DATA" | tail -n 1 || exit 1
+  "$PYTHON" "$here/.cifar10/materialize.py" "$DATA" | tail -n 1 || exit 1
 fi
 
 if [ "$DEVICE" = cuda ]; then
   echo "== measured fp16/bf16 matmul rate (8192^3, mean of 20 after 3 warm-ups)"
-  python3 - <<'EOF' 2>&1 | tee "$LOGS/matmul.log"
+  "$PYTHON" - <<'EOF' 2>&1 | tee "$LOGS/matmul.log"
 import torch
 n = 8192
 for dtype in (torch.float16, torch.bfloat16):
@@ -170,7 +172,7 @@ if __name__ == "__main__":
 EOF
   fi
   start=$(date +%s)
-  (cd "$REF_WORK" && budgeted python3 reference.py) 2>&1 | tee "$LOGS/reference.log"
+  (cd "$REF_WORK" && budgeted "$PYTHON" reference.py) 2>&1 | tee "$LOGS/reference.log"
   echo "reference wall clock: $(( $(date +%s) - start )) s (compile, warm-up and profile" \
        "included); compile cache: $(( $(cache_files) - cached_at_start )) new files"
   ref_args=(--reference "$LOGS/reference.log")
@@ -179,7 +181,7 @@ fi
 if [ -n "${CAP_GB:-}" ] && [ "$DEVICE" = cuda ]; then
   stage cap "${labels[0]} under a ${CAP_GB} GiB memory cap, 3 runs"
   # shellcheck disable=SC2086
-  budgeted python3 "$here/scripts/capped_main.py" "$CAP_GB" --recipe "${recipes[0]}" --runs 3 \
+  budgeted "$PYTHON" "$here/scripts/capped_main.py" "$CAP_GB" --recipe "${recipes[0]}" --runs 3 \
     --no-save --data-dir "$DATA" ${flags[0]} 2>&1 | tail -n 12 | tee "$LOGS/capped.log"
 fi
 
@@ -188,7 +190,7 @@ if [ -n "${PROFILE:-}" ]; then
     [ "${labels[$i]}" = "$PROFILE" ] || continue
     stage "profile-$PROFILE" "profile of ${labels[$i]}: one run after a warm-up"
     # shellcheck disable=SC2086
-    budgeted python3 "$here/scripts/profile_run.py" --recipe "${recipes[$i]}" \
+    budgeted "$PYTHON" "$here/scripts/profile_run.py" --recipe "${recipes[$i]}" \
       --device "$DEVICE" --data-dir "$DATA" ${flags[$i]} 2>&1 | tee "$LOGS/profile-$PROFILE.log"
   done
 fi
@@ -200,7 +202,7 @@ for i in "${!labels[@]}"; do
   stage "$label" "ours: $label = recipe ${recipes[$i]} ${flags[$i]}, ${counts[$i]} timed runs" \
        "after one untimed warm-up, at most $(left) s"
   # shellcheck disable=SC2086
-  budgeted python3 "$here/main.py" --recipe "${recipes[$i]}" --runs "${counts[$i]}" \
+  budgeted "$PYTHON" "$here/main.py" --recipe "${recipes[$i]}" --runs "${counts[$i]}" \
     --device "$DEVICE" --no-save --data-dir "$DATA" --json "$LOGS/ours-$label.json" \
     ${flags[$i]} 2>&1 | tee "$LOGS/ours-$label.log"
   status=${PIPESTATUS[0]}
@@ -235,7 +237,7 @@ if [ -s "$LOGS/clocks.csv" ]; then
 fi
 {
   echo "== summary"
-  python3 "$here/scripts/gpu_summary.py" "${summary_args[@]}"
+  "$PYTHON" "$here/scripts/gpu_summary.py" "${summary_args[@]}"
   echo "compile cache: $cached_at_start files at the start, $cached at the end; $kept"
 } | tee "$OUT/summary.txt"
 tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"

@@ -1,13 +1,17 @@
 """The package: `pip install .` and `pip install -e .` in a new virtual environment give an
 `hlb` command that works from any folder.
 
-The environment sees this machine's packages (torch is not installed again) and pip builds
-with the setuptools already here (no download), so each install takes seconds, not minutes.
+The new environment sees the packages of the one running the tests (torch is not installed
+again) and pip builds with the setuptools already there (no download), so each install takes
+seconds, not minutes.
 """
 
 import os
 import shutil
+import site
 import subprocess
+import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -32,11 +36,25 @@ def _sh(*args, cwd):
     return result.stdout
 
 
+def _outer_site_packages():
+    """Where the running interpreter finds its packages: the test environment's own (a virtual
+    environment's, when the tests run in one) and, if it sees them, the base interpreter's."""
+    places = [sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    if sys.flags.no_user_site == 0 and site.ENABLE_USER_SITE:
+        places.append(site.getusersitepackages())
+    places += site.getsitepackages()
+    return list(dict.fromkeys(p for p in places if Path(p).is_dir()))
+
+
 def _environment(tmp_path):
-    """A new virtual environment; pip and setuptools come from this interpreter's packages."""
+    """A new virtual environment that sees this interpreter's packages (pip and setuptools
+    included). system_site_packages alone would show the base interpreter's, not those of
+    the virtual environment the tests may run in, so a .pth file names them."""
     pytest.importorskip("setuptools")
     env = tmp_path / "venv"
-    venv.create(env, system_site_packages=True, with_pip=False)
+    venv.create(env, system_site_packages=False, with_pip=False)
+    inner = Path(sysconfig.get_path("purelib", vars={"base": str(env), "platbase": str(env)}))
+    (inner / "outer.pth").write_text("\n".join(_outer_site_packages()) + "\n")
     return env / "bin" / "python", env / "bin" / "hlb"
 
 

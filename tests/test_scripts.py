@@ -124,7 +124,8 @@ def test_gpu_check_runs_variants_in_order_within_the_budget(cifar_dir, tmp_path)
     (bin_dir / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
     (bin_dir / "nvidia-smi").chmod(0o755)
     out = tmp_path / "out"
-    env = {**os.environ, "DEVICE": "cpu", "OUT": str(out), "HLB_DATA_DIR": str(cifar_dir),
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OUT": str(out),
+           "HLB_DATA_DIR": str(cifar_dir),
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "BUDGET_S": "60",
            "RESERVE_S": "10", "OMP_NUM_THREADS": "1", "CACHE_IN": str(cache_in),
            "CACHE_DIR": str(tmp_path / "cache"), "REF_WORK": str(tmp_path / "ref"),
