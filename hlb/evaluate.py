@@ -48,12 +48,6 @@ def tta_views(level, mirror_weight, shifted_weight):
                          (weight * mirror_weight, _mirrored(view)))]
 
 
-def recipe_views(recipe, tta=True):
-    """The recipe's TTA views, or the plain view alone when `tta` is False."""
-    return tta_views(recipe.tta_level if tta else 0, recipe.tta_mirror_weight,
-                     recipe.tta_shifted_weight)
-
-
 def _stacked(x, views, size):
     """torch.cat([view(x) for view in views]) in chunks of `size`, each built when needed."""
     n = len(x)
@@ -85,8 +79,8 @@ def logits(net, images, views, batch_size, tta_fraction=1.0):
     A plain pass over all images comes first; its logits serve as the identity view. With
     tta_fraction < 1 only that share of the images, the least confident under the plain view,
     get the other views; the rest keep their plain logits (confident images rarely change
-    their answer, so TTA buys little for them). The other views of the chosen images run as
-    one batch, in chunks of the plain pass's size.
+    their answer, so TTA buys little for them: hiverge's cifar10-speedrun's selective TTA).
+    The other views of the chosen images run as one batch, in chunks of the plain pass's size.
     """
     was_training = net.training
     net.eval()
@@ -107,12 +101,17 @@ def logits(net, images, views, batch_size, tta_fraction=1.0):
     return out
 
 
-def evaluate(net, images, labels, recipe, tta=True):
-    """(accuracy, mean loss) under the recipe's TTA, or plain with tta=False, as device
-    tensors; reading them is the caller's sync. The loss is label-smoothed as the training
-    loss is, so the two compare."""
-    views = recipe_views(recipe, tta)
+def tta_accuracy(net, images, labels, recipe):
+    """The accuracy under the recipe's TTA, as a device tensor (reading it is the caller's
+    sync). No loss: this is what the timed region measures, and nobody reads one there."""
+    views = tta_views(recipe.tta_level, recipe.tta_mirror_weight, recipe.tta_shifted_weight)
     out = logits(net, images, views, recipe.eval_batch_size, recipe.tta_fraction)
+    return (out.argmax(1) == labels).float().mean()
+
+
+def plain_evaluation(net, images, labels, recipe):
+    """(accuracy, mean loss) of one plain view, as device tensors. The loss is label-smoothed
+    as the training loss is, so the two compare."""
+    out = logits(net, images, tta_views(0, 0, 0), recipe.eval_batch_size)
     accuracy = (out.argmax(1) == labels).float().mean()
-    loss = F.cross_entropy(out, labels, label_smoothing=recipe.label_smoothing)
-    return accuracy, loss
+    return accuracy, F.cross_entropy(out, labels, label_smoothing=recipe.label_smoothing)

@@ -49,16 +49,43 @@ class OneOf:
 
 @dataclass(frozen=True)
 class Ints:
-    """`count` integers, each from `lo` to `hi` (written "64,256,256" on the command line)."""
-    count: int
+    """Integers, each from `lo` to `hi` (written "64,256,256" on the command line): `count`
+    of them, or between count[0] and count[1]."""
+    count: object
     lo: int
     hi: int
 
+    def _counts(self):
+        return (self.count, self.count) if isinstance(self.count, int) else self.count
+
     def allows(self, value):
-        return len(value) == self.count and all(self.lo <= v <= self.hi for v in value)
+        fewest, most = self._counts()
+        return fewest <= len(value) <= most and all(
+            type(v) is int and self.lo <= v <= self.hi for v in value)
 
     def describe(self, kind):
-        return f"{self.count} comma-separated integers from {self.lo} to {self.hi}"
+        fewest, most = self._counts()
+        many = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+        return f"{many} comma-separated integers from {self.lo} to {self.hi}"
+
+    def parse(self, text):
+        return tuple(int(v) for v in text.split(","))
+
+
+@dataclass(frozen=True)
+class Names:
+    """Names from `choices`, each at most once, in the order given ("crop,flip")."""
+    choices: object         # a collection of names (read when checking, so it may grow)
+
+    def allows(self, value):
+        return len(set(value)) == len(value) and all(
+            isinstance(v, str) and v in self.choices for v in value)
+
+    def describe(self, kind):
+        return "comma-separated names, each once, from: " + ", ".join(self.choices)
+
+    def parse(self, text):
+        return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 FLAG = OneOf((True, False))
@@ -76,9 +103,8 @@ def _typed(kind, value):
         return None
     if kind is float and isinstance(value, int):
         return float(value)
-    if kind is tuple:
-        ok = isinstance(value, tuple) and all(type(v) is int for v in value)
-        return value if ok else None
+    if kind is tuple:               # its knob checks the items (Ints, Names)
+        return value if isinstance(value, tuple) else None
     return value if isinstance(value, kind) else None
 
 

@@ -1,4 +1,5 @@
-"""Optimizers (Nesterov SGD, and Muon for conv filters), learning-rate schedule, Lookahead.
+"""Optimizers (Muon for conv filters, Nesterov SGD), the learning-rate schedule, the whitening
+bias's freeze, and Lookahead.
 
 Hyperparameters arrive in decoupled form (per 1024 examples, independent of momentum) and are
 converted here to what torch.optim.SGD expects for a summed loss.
@@ -18,22 +19,22 @@ def sgd_settings(recipe):
     1 + 1/(1-m) instead, the convention the airbench values were tuned with, so that constant
     stays. `decay` is the fraction of each weight removed per step at the peak learning rate.
     """
-    kilostep = 1024 * (1 + 1 / (1 - recipe.momentum))
-    lr = recipe.lr / kilostep
-    decay = recipe.weight_decay * recipe.batch_size / kilostep
+    examples = 1024 * (1 + 1 / (1 - recipe.momentum))   # what the recipe's lr is "per"
+    lr = recipe.lr / examples
+    decay = recipe.weight_decay * recipe.batch_size / examples
     return lr, lr * recipe.bias_lr_scale, decay
 
 
-def newton_schulz(g, steps, eps=1e-7):
+def newton_schulz(g, steps, dtype, eps=1e-7):
     """An approximately orthogonal matrix with g's singular vectors: U V^T for g = U S V^T.
 
     A quintic iteration pushes every singular value of g (scaled so they are <= 1) toward 1;
     its coefficients favour speed over exactness, leaving values roughly in 0.7..1.2, which
-    trains as well. `g` is one matrix or a batch (..., rows, cols). bf16 on a GPU, where it
-    is the fast path; fp32 on a CPU.
+    trains as well. `g` is one matrix or a batch (..., rows, cols); the iteration runs in
+    `dtype` (bf16 on a GPU, the fast path there; fp32 on a CPU: hlb.execution).
     """
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16() if g.is_cuda else g.float()
+    x = g.to(dtype)
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT                         # iterate on the smaller Gram matrix
@@ -44,9 +45,10 @@ def newton_schulz(g, steps, eps=1e-7):
     return (x.mT if tall else x).to(g.dtype)
 
 
-def orthogonalize_all(matrices, steps, newton_schulz=newton_schulz):
+def orthogonalize_all(matrices, steps, dtype, newton_schulz=newton_schulz):
     """newton_schulz of each matrix, all in one batch, so a step costs a few large matmuls
-    instead of a few small ones per matrix.
+    instead of a few small ones per matrix (the padded batch is hiverge's cifar10-speedrun's
+    idea).
 
     Each matrix is turned wide and zero-padded to a common shape. Zero rows and columns stay
     zero through the iteration and add nothing to the norm, so each result equals the
@@ -57,7 +59,7 @@ def orthogonalize_all(matrices, steps, newton_schulz=newton_schulz):
     batch = wide[0].new_zeros(len(wide), rows, cols)
     for padded, w in zip(batch, wide):
         padded[:w.size(0), :w.size(1)] = w
-    out = [o[:w.size(0), :w.size(1)] for o, w in zip(newton_schulz(batch, steps), wide)]
+    out = [o[:w.size(0), :w.size(1)] for o, w in zip(newton_schulz(batch, steps, dtype), wide)]
     return [o if w is m else o.mT for o, w, m in zip(out, wide, matrices)]
 
 
@@ -73,12 +75,17 @@ class Muon(torch.optim.Optimizer):
 
     Each filter bank is rescaled to Frobenius norm sqrt(out_channels) before its step: a fixed
     norm stands in for weight decay, and makes `lr` a step size relative to the weights.
-    The step treats all filters at once (multi-tensor ops, one batched orthogonalisation).
-    `lr` may be a float or a 0-dim tensor on the device (see Schedule).
+    `weight_decay` (decoupled: each weight shrinks by lr * weight_decay after the rescaling)
+    then only nudges the step's relative size; hiverge's speedrun, which rescales every few
+    steps, uses it. The step treats all filters at once (multi-tensor ops, one batched
+    orthogonalisation). `lr` may be a float or a 0-dim tensor on the device (see Schedule).
     """
 
-    def __init__(self, params, lr, momentum, ns_steps, orthogonalize=orthogonalize_all):
-        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps))
+    def __init__(self, params, lr, momentum, ns_steps, weight_decay, dtype,
+                 orthogonalize=orthogonalize_all):
+        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps,
+                                      weight_decay=weight_decay))
+        self.dtype = dtype                  # of the Newton-Schulz iteration
         self.orthogonalize = orthogonalize
         # Made once, so a step allocates no state (and a captured step keeps its addresses).
         for group in self.param_groups:
@@ -98,24 +105,53 @@ class Muon(torch.optim.Optimizer):
             nesterov = torch._foreach_add(grads, buffers, alpha=group["momentum"])
             norms = torch._foreach_norm(params)
             torch._foreach_mul_(params, [len(p) ** 0.5 / n for p, n in zip(params, norms)])
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
             updates = self.orthogonalize([g.reshape(len(g), -1) for g in nesterov],
-                                         group["ns_steps"])
+                                         group["ns_steps"], self.dtype)
             updates = [u.reshape(p.shape) for u, p in zip(updates, params)]
             torch._foreach_mul_(updates, group["lr"])      # a tensor lr: no host value
             torch._foreach_sub_(params, updates)
 
 
-def make_optimizers(net, recipe):
+class WhiteningBiasFreeze:
+    """The whitening bias trains for its first few steps, then stays fixed: the step it
+    freezes at, its own param group (whose learning rate may run the schedule's shape over
+    those steps alone, falling to 0 at the freeze), and the switch the training step throws.
+    """
+
+    def __init__(self, net, recipe):
+        self.bias = net.whiten.bias
+        self.steps = round(recipe.whiten_bias_epochs * recipe.steps_per_epoch())
+        self.span = self.steps if recipe.whiten_bias_own_schedule else None
+        self.set(False)
+
+    def group(self, lr, decay):
+        """Its SGD param group (see make_optimizers)."""
+        return dict(name="whiten_bias", params=[self.bias], lr=lr, weight_decay=decay / lr,
+                    span=self.span)
+
+    def frozen_at(self, step):
+        return step >= self.steps
+
+    def set(self, frozen):
+        # Without a gradient the bias drops out of backward and of its optimizer's step.
+        self.bias.requires_grad_(not frozen)
+        self.frozen = frozen
+
+
+def make_optimizers(net, recipe, execution, freeze):
     """The optimizers of one network, with their state made once (`zero_state` per run).
 
-    Each param group has a `name` and a `peak_lr`, which the schedule scales.
+    Each param group has a `name` and a `peak_lr`, which the schedule scales over its `span`
+    of steps (the whole run unless the group says).
     """
     lr, bias_lr, decay = sgd_settings(recipe)
     muon = recipe.optimizer == "muon"
     filters, bn_biases, others = [], [], []
     for module in net.modules():
         for p in module.parameters(recurse=False):
-            if not p.requires_grad or p is net.whiten.bias:
+            if not p.requires_grad or p is freeze.bias:
                 continue
             if muon and p.ndim == 4:
                 filters.append(p)
@@ -123,11 +159,9 @@ def make_optimizers(net, recipe):
                 bn_biases.append(p)
             else:
                 others.append(p)
-    whiten_lr = lr * recipe.whiten_bias_lr_scale
     # torch SGD multiplies weight_decay by lr, so dividing by lr keeps decay independent of it.
     groups = [dict(name="bn_biases", params=bn_biases, lr=bias_lr, weight_decay=decay / bias_lr),
-              dict(name="whiten_bias", params=[net.whiten.bias], lr=whiten_lr,
-                   weight_decay=decay / whiten_lr),
+              freeze.group(lr * recipe.whiten_bias_lr_scale, decay),
               dict(name="others", params=others, lr=lr, weight_decay=decay / lr)]
     # fused: one kernel per step for all of a group's tensors.
     sgd = torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True, fused=True)
@@ -137,11 +171,11 @@ def make_optimizers(net, recipe):
         sgd.state[p]["momentum_buffer"] = torch.zeros_like(p)
     optimizers = [sgd]
     if muon:
-        # Compiled only on a GPU, as the network is (the CPU path stays eager).
-        compiled = recipe.compile and net.whiten.bias.is_cuda
+        orthogonalize = compiled_orthogonalize_all() if execution.compile else orthogonalize_all
         optimizers.append(Muon([dict(name="filters", params=filters)], recipe.muon_lr,
                                recipe.muon_momentum, recipe.muon_ns_steps,
-                               compiled_orthogonalize_all() if compiled else orthogonalize_all))
+                               recipe.muon_weight_decay, execution.orthogonalize_dtype,
+                               orthogonalize))
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["peak_lr"] = group["lr"]
@@ -160,15 +194,14 @@ class Schedule:
     Each group's `lr` becomes a 0-dim view into `now`; `advance()` copies the table's column
     for the device step counter into `now`, then counts the step. The operations are the same
     at every step (no Python float changes), so a captured step carries the schedule with it.
-    The whitening bias's group may run the schedule's shape over its own training steps.
+    A group with a `span` runs the schedule's shape over its first `span` steps (the
+    whitening bias's, see WhiteningBiasFreeze).
     """
 
-    def __init__(self, optimizers, recipe, whiten_bias_steps, device):
+    def __init__(self, optimizers, recipe, device):
         groups = [g for optimizer in optimizers for g in optimizer.param_groups]
         total = recipe.total_steps()
-        own = recipe.whiten_bias_own_schedule
-        spans = [whiten_bias_steps if own and g["name"] == "whiten_bias" else total
-                 for g in groups]
+        spans = [g.get("span") or total for g in groups]
         self.table = torch.tensor(
             [[g["peak_lr"] * lr_multiplier(min(step, span), span, recipe.warmup_frac,
                                            recipe.lr_start, recipe.lr_end)
@@ -203,17 +236,25 @@ class Lookahead:
 
     The slow copy holds every floating-point entry of the state dict, BatchNorm running
     statistics included. It is not part of the captured step: the training loop calls it
-    between steps, two multi-tensor kernels every `every` steps.
+    between steps, two multi-tensor kernels every `every` steps. Made once; `start()` begins
+    each run's slow copy at the network's weights.
     """
 
-    def __init__(self, net, every, decay_per_step, total_steps, ramp=3.0):
+    def __init__(self, net, every, decay_per_step, total_steps, ramp):
         self.every = every
         self.decay = decay_per_step ** every
         self.total_steps = total_steps
         self.ramp = ramp
         # The state dict's tensors share storage with the network, so this list stays live.
-        self.fast = [v for v in net.state_dict().values() if v.is_floating_point()]
+        self.fast = [v for v in net.state_dict().values() if v.is_floating_point()] \
+            if every else []
         self.slow = [v.detach().clone() for v in self.fast]
+
+    @torch.no_grad()
+    def start(self):
+        """A run's start, once the network is ready: the slow copy takes its weights."""
+        if self.every:
+            torch._foreach_copy_(self.slow, self.fast)
 
     @torch.no_grad()
     def _pull(self, keep):

@@ -1,22 +1,22 @@
 """One training step with the same operations at every step, so a CUDA graph can replay it.
 
-A step is: forward, the label-smoothed loss, backward, every optimizer with its learning rate
-read from a table on the device (hlb.optim.Schedule), BatchNorm's running statistics, and
-on-device sums of the loss and of the correct answers. No operation in it waits for the host,
-and nothing in it changes from one step to the next, except at the whitening bias's freeze:
-the run has two variants of the step, before and after, and on a GPU each is its own graph.
+A step is: forward and the label-smoothed loss (one compiled graph when compiling), backward,
+every optimizer with its learning rate read from a table on the device (hlb.optim.Schedule),
+BatchNorm's running statistics, and on-device sums of the loss and of the correct answers. No
+operation in it waits for the host, and nothing in it changes from one step to the next
+except at the whitening bias's freeze and where the training resolution changes
+(`image_sizes`): each such variant of the step is its own graph on a GPU.
 
-With `capture_step` on a GPU, the warm-up (hlb.bench.runs.PreparedRecipe.warmup) calls `capture()`,
-and from then on each call replays a graph. Everywhere else the same code runs eagerly.
+With a captured step (hlb.execution), the warm-up (hlb.train.PreparedRun.warmup) calls
+`capture()`, and from then on each call replays a graph. Everywhere else the same code runs
+eagerly.
 """
 
 import torch
 import torch.nn.functional as F
 
-from hlb.model import compute_dtype, input_memory_format
-from hlb.optim import Schedule, make_optimizers, zero_state
-
-IMAGE_SHAPE = (3, 32, 32)                   # CIFAR-10: channels, height, width
+from hlb.optim import zero_state
+from hlb.recipes import IMAGE_SIDE
 
 
 def summed_loss(logits, labels, label_smoothing):
@@ -31,6 +31,16 @@ def summed_loss(logits, labels, label_smoothing):
                            reduction="sum")
 
 
+def forward_loss(net, images, labels, size, label_smoothing):
+    """(summed loss, logits) of a batch seen at `size` pixels a side: the images are scaled
+    down (bilinear) when the recipe trains at a lower resolution in this epoch."""
+    if size != images.shape[-1]:
+        images = F.interpolate(images, size=(size, size), mode="bilinear",
+                               align_corners=False)
+    logits = net(images)
+    return summed_loss(logits, labels, label_smoothing), logits
+
+
 class TrainStep:
     """The training step of one network, made once and reset per run.
 
@@ -39,28 +49,25 @@ class TrainStep:
     device tensor. `epoch_means()` reads and clears the sums of loss and correct answers.
     """
 
-    def __init__(self, net, recipe, device, forward=None):
-        self.recipe = recipe
-        self.net = net
-        self.forward = net if forward is None else forward
+    def __init__(self, net, recipe, execution, optimizers, schedule, freeze):
+        self.net, self.optimizers, self.schedule, self.freeze = net, optimizers, schedule, freeze
         self.label_smoothing = recipe.label_smoothing
         self.batch_size = recipe.batch_size
-        # The whitening bias trains for its first steps, then stays fixed; its learning rate
-        # may follow the schedule's shape over those steps alone (see Schedule).
-        self.freeze_at = recipe.whiten_bias_steps()
-        self._freeze(False)
-        self.optimizers = make_optimizers(net, recipe)
-        self.schedule = Schedule(self.optimizers, recipe, self.freeze_at, device)
+        self.steps_per_epoch = recipe.steps_per_epoch()
+        self.image_sizes = recipe.image_sizes
+        self.forward_loss = forward_loss
+        if execution.compile:       # the forward pass and the loss as one graph
+            self.forward_loss = torch.compile(forward_loss, mode=execution.compile_mode)
         # Fixed input buffers: a graph reads its inputs from the same addresses every time.
-        self.images = torch.zeros(self.batch_size, *IMAGE_SHAPE, device=device,
-                                  dtype=compute_dtype(recipe, device)).contiguous(
-                                      memory_format=input_memory_format(recipe, device))
-        self.labels = torch.zeros(self.batch_size, dtype=torch.long, device=device)
-        self.loss_sum = torch.zeros((), device=device)
-        self.correct = torch.zeros((), dtype=torch.long, device=device)
-        self.taken = 0                      # steps taken this run (the host's count)
-        self.summed = 0                     # steps in the sums
-        self.graphs = None                  # per variant (unfrozen, frozen): (graph, loss)
+        self.images = torch.zeros(self.batch_size, 3, IMAGE_SIDE, IMAGE_SIDE,
+                                  device=execution.device, dtype=execution.dtype).contiguous(
+                                      memory_format=execution.memory_format)
+        self.labels = torch.zeros(self.batch_size, dtype=torch.long, device=execution.device)
+        self.loss_sum = torch.zeros((), device=execution.device)
+        self.correct = torch.zeros((), dtype=torch.long, device=execution.device)
+        self.steps_taken = 0                # this run's steps so far (the host's count)
+        self.steps_in_sums = 0              # steps since epoch_means() last cleared the sums
+        self.graphs = None                  # {(size, frozen): (graph, its loss tensor)}
 
     def reset(self):
         """Start of a run: optimizer state, counters and sums back to zero, in place."""
@@ -68,74 +75,76 @@ class TrainStep:
         self.schedule.reset()
         self.loss_sum.zero_()
         self.correct.zero_()
-        self.taken = self.summed = 0
-        self._freeze(False)
+        self.steps_taken = self.steps_in_sums = 0
+        self.freeze.set(False)
 
     def load(self, images, labels, index):
         """Gather the batch `index` of the epoch's images and labels into the step's inputs."""
         torch.index_select(images, 0, index, out=self.images)
         torch.index_select(labels, 0, index, out=self.labels)
 
+    def variant(self, step):
+        """(training resolution, whether the whitening bias is frozen) at `step`."""
+        epoch = min(step // self.steps_per_epoch, len(self.image_sizes) - 1)
+        return self.image_sizes[epoch], self.freeze.frozen_at(step)
+
     def __call__(self):
-        frozen = self.taken >= self.freeze_at
-        if frozen != self.frozen:          # once a run, at the freeze
-            self._freeze(frozen)
-        self.taken += 1
-        self.summed += 1
+        size, frozen = self.variant(self.steps_taken)
+        if frozen != self.freeze.frozen:          # once a run, at the freeze
+            self.freeze.set(frozen)
+        self.steps_taken += 1
+        self.steps_in_sums += 1
         if self.graphs is None:
-            return self._step()
-        graph, loss = self.graphs[frozen]
+            return self._step(size)
+        graph, loss = self.graphs[size, frozen]
         graph.replay()
         return loss
 
     def epoch_means(self):
         """(mean loss per image, accuracy) over the steps since the last call, which clears
         the sums. Reading them waits for the device: call it outside the timed region."""
-        images = self.summed * self.batch_size
+        images = self.steps_in_sums * self.batch_size
         means = self.loss_sum.item() / images, self.correct.item() / images
         self.loss_sum.zero_()
         self.correct.zero_()
-        self.summed = 0
+        self.steps_in_sums = 0
         return means
 
-    def capture(self, warmup_steps=3):
-        """GPU only: record both variants as CUDA graphs, which every later call replays.
+    def capture(self, total_steps, warmup_steps=3):
+        """GPU only: record every variant a run of `total_steps` meets as a CUDA graph, which
+        every later call replays.
 
         Each variant first runs a few eager steps on a side stream, as torch's capture rules
         ask (cudnn autotuning, compilation and lazy set-up happen there, not in the graph).
         This changes the weights and state: a run's `reset()` starts it afresh.
         """
         assert self.images.is_cuda, "capture needs a CUDA device"
+        variants = sorted({self.variant(step) for step in range(total_steps)})
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for frozen in (False, True):
-                self._freeze(frozen)
+            for size, frozen in variants:
+                self.freeze.set(frozen)
                 for _ in range(warmup_steps):
                     self.schedule.reset()   # keeps the step counter inside the table
-                    self._step()
+                    self._step(size)
         torch.cuda.current_stream().wait_stream(side)
-        graphs, pool = [], None
-        for frozen in (False, True):
-            self._freeze(frozen)
+        graphs, pool = {}, None
+        for size, frozen in variants:
+            self.freeze.set(frozen)
             graph = torch.cuda.CUDAGraph()
-            # The two graphs share one pool, so one's replay may overwrite the loss the
-            # other returned: read a step's loss before the next step (the GPU never does).
+            # The graphs share one pool, so one's replay may overwrite the loss another
+            # returned: read a step's loss before the next step (the GPU never does).
             with torch.cuda.graph(graph, pool=pool):
-                loss = self._step()
+                loss = self._step(size)
             pool = graph.pool()
-            graphs.append((graph, loss))
+            graphs[size, frozen] = graph, loss
         self.graphs = graphs
         self.reset()
 
-    def _freeze(self, frozen):
-        # Without a gradient the bias drops out of backward and of its optimizer's step.
-        self.net.whiten.bias.requires_grad_(not frozen)
-        self.frozen = frozen
-
-    def _step(self):
-        out = self.forward(self.images)
-        loss = summed_loss(out, self.labels, self.label_smoothing)
+    def _step(self, size):
+        loss, out = self.forward_loss(self.net, self.images, self.labels, size,
+                                      self.label_smoothing)
         loss.backward()
         self.schedule.advance()
         for optimizer in self.optimizers:

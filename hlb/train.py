@@ -1,14 +1,19 @@
-"""One training run, start to finish, returning a result record.
+"""One run of the method: prepared once per recipe and device, then run per seed.
 
-The method, in order: normalise the data, initialise the whitening layer from patch statistics,
-train with Nesterov SGD (Muon for the conv filters in 94muon) under a warm-up/decay schedule
-and Lookahead, freezing the whitening bias after a few epochs, then evaluate with test-time
-augmentation. One training step is hlb.step.TrainStep.
+`prepare(recipe, cifar, device)` builds the run in the method's order:
+1. the data on the device (hlb.augment), and how this device runs the recipe (hlb.execution);
+2. the network (hlb.model), placed and cast for the device;
+3. the optimizers (hlb.optim): Muon for the conv filters and Nesterov SGD for biases and the
+   head (SGD alone with Lookahead in recipe 94sgd), their schedule, the whitening bias's freeze;
+4. one training step (hlb.step), compiled and captured on a GPU in the untimed `warmup()`.
+`PreparedRun.run(seed)` then trains once: reset, normalise the data, initialise the whitening
+layer from patch statistics, train epoch by epoch, and evaluate with test-time augmentation
+(hlb.evaluate). It returns a RunResult.
 
-Timed region (see README.md, "Timing"): data normalisation and padding, whitening init, each
+Timed region (README.md, "Timing"): data normalisation and padding, whitening init, each
 epoch's augmentation, every training step, and the final TTA evaluation. Not timed: loading
-from disk, building the network, the per-epoch plain evaluation (timed separately) and
-printing.
+from disk, building the network, the warm-up, the per-epoch plain evaluation (timed apart)
+and printing.
 """
 
 import math
@@ -17,66 +22,160 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hlb.augment import TrainBatches, normalize
-from hlb.evaluate import evaluate
-from hlb.model import compute_dtype, init_whitening, input_memory_format, reset
-from hlb.optim import Lookahead
+from hlb.augment import TrainBatches, normalize, to_device
+from hlb.evaluate import plain_evaluation, tta_accuracy
+from hlb.execution import execution
+from hlb.model import build_net, init_whitening, reset
+from hlb.optim import Lookahead, Schedule, WhiteningBiasFreeze, make_optimizers
 from hlb.step import TrainStep
 
+WARMUP_SEED = 2**31           # the warm-up run's seed, beyond any timed run's
 
-def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, on_step=None,
-              forward=None, target_acc=None, step=None):
-    """Train `net` (reset here) once and return a RunResult.
 
-    `step`: the network's TrainStep, made here if not given or made for another recipe (pass
-    one to keep its state and captured graphs). `forward`: the callable for evaluation and a
-    new step's training passes (a compiled `net`, say); `net` itself by default.
-    With `target_acc`, the TTA accuracy is measured at the end of every epoch inside the timed
-    region (its cost counts), and the run stops at the first epoch that reaches it.
-    `on_epoch(row)` and `on_step(run, epoch, step, total)` are optional progress callbacks;
-    they run outside the timed region or cost no device sync.
-    """
-    forward = net if forward is None else forward
-    if step is None or step.recipe != recipe:       # a step holds one recipe's settings
-        step = TrainStep(net, recipe, device, forward)
-    torch.manual_seed(seed)
-    reset(net)
-    step.reset()
-    result, watch, memory = RunResult(run=run, seed=seed), Stopwatch(device), PeakMemory(device)
-    total_steps = recipe.total_steps()
+def prepare(recipe, cifar, device, how=None):
+    """`recipe` made ready on `device` with `cifar`'s images (`how`: an Execution, to run it
+    otherwise than hlb.execution decides, as tests do)."""
+    return PreparedRun(recipe, cifar, how or execution(recipe, device))
 
-    watch.start()
-    batches, test_images = prepare_data(recipe, data, net, device)
-    lookahead = Lookahead(net, recipe.lookahead_every, recipe.lookahead_decay, total_steps,
-                          recipe.lookahead_ramp)    # the slow copy starts whitened
-    watch.stop()
 
-    test = TestSet(forward, test_images, data.test_labels, recipe)
-    target = TargetCheck(target_acc, test)
-    progress = Progress(on_step, run, total_steps)
-    for epoch in range(math.ceil(total_steps / recipe.steps_per_epoch())):
+class PreparedRun:
+    """One recipe on one device: data placed, network built, optimizers and step made."""
+
+    def __init__(self, recipe, cifar, how):
+        self.recipe, self.execution = recipe, how
+        if how.cuda:
+            torch.backends.cudnn.benchmark = True   # the fastest kernels, found in the warm-up
+        self.data = to_device(cifar, recipe, how.device)
+        self.net = build_net(recipe, how)
+        self.fallback = None        # why compile or capture were turned off, if they were
+        self._make_step()
+
+    def _make_step(self):
+        """The optimizers, their schedule, Lookahead and the step (again after a fallback)."""
+        recipe, net, how = self.recipe, self.net, self.execution
+        self.freeze = WhiteningBiasFreeze(net, recipe)
+        self.optimizers = make_optimizers(net, recipe, how, self.freeze)
+        self.schedule = Schedule(self.optimizers, recipe, how.device)
+        self.lookahead = Lookahead(net, recipe.lookahead_every, recipe.lookahead_decay,
+                                   recipe.total_steps(), recipe.lookahead_ramp)
+        self.step = TrainStep(net, recipe, how, self.optimizers, self.schedule, self.freeze)
+        # Evaluation's forward: compiled apart from the training step's graph.
+        self.forward = torch.compile(net, mode=how.compile_mode) if how.compile else net
+
+    def warmup(self):
+        """One untimed run of the same shapes where the execution asks for it (a GPU), so that
+        cudnn autotuning, compilation and the step's capture happen here and not in a timed
+        run; returns its seconds. If compile or capture fail (no working Triton, an old card),
+        both are turned off, `fallback` says why in one line, and the warm-up runs eagerly."""
+        if not self.execution.warmup:
+            return 0.0
+        tick = time.perf_counter()
+        try:
+            self._warm()
+        except Exception as e:
+            how = self.execution
+            if isinstance(e, torch.cuda.OutOfMemoryError) or not (how.compile or how.capture):
+                raise
+            first = (str(e).splitlines() or [""])[0][:200]
+            self.fallback = (f"{'compile' if how.compile else 'capture'} failed on this device "
+                             f"({type(e).__name__}: {first}); running eagerly instead (--set "
+                             "compile=false --set capture_step=false skips them)")
+            self.execution = how.eager()
+            self._make_step()
+            self._warm()
+        return time.perf_counter() - tick
+
+    def _warm(self):
+        if self.execution.capture:
+            self.step.capture(self.recipe.total_steps())
+        self.run(WARMUP_SEED, run=-1)
+        if self.execution.cuda:
+            torch.cuda.synchronize(self.execution.device)
+
+    def run(self, seed, run=0, on_epoch=None, on_step=None, target_acc=None,
+            evaluate_epochs=True):
+        """Train once with `seed` and return a RunResult.
+
+        With `target_acc`, the TTA accuracy is measured at the end of every epoch inside the
+        timed region (its cost counts), and the run stops at the first epoch that reaches it.
+        `evaluate_epochs=False` skips the untimed plain evaluation after each epoch (the final
+        one still runs). `on_epoch(row)` and `on_step(run, epoch, step, total)` are progress
+        callbacks; they run outside the timed region or cost no device sync.
+        """
+        recipe, step = self.recipe, self.step
+        torch.manual_seed(seed)
+        reset(self.net)
+        step.reset()
+        result, watch = RunResult(run=run, seed=seed), Stopwatch(self.execution.cuda)
+        memory = PeakMemory(self.execution)
+        total = recipe.total_steps()
+        epochs = math.ceil(total / recipe.steps_per_epoch())
+
         watch.start()
-        result.diverged = not train_epoch(step, batches, epoch, lookahead, total_steps,
-                                          progress)
-        tta_check = None if result.diverged else target.measure()
+        batches, test_images = self.prepare_data()
+        self.lookahead.start()                  # the slow copy starts whitened
         watch.stop()
 
-        train_loss, train_acc = step.epoch_means()
-        if result.diverged or has_diverged(train_loss):
-            result.diverged = True
-            break
-        row = test.epoch_row(result, epoch + 1, train_loss, train_acc, watch.seconds, tta_check)
-        if on_epoch:
-            on_epoch(row)
-        if target.reached(tta_check):
-            result.time_to_target = watch.seconds
-            break
+        test = TestSet(self.forward, test_images, self.data.test_labels, recipe)
+        target = TargetCheck(target_acc, test)
+        for epoch in range(epochs):
+            watch.start()
+            result.diverged = self._train_epoch(batches, epoch, total, on_step, run)
+            tta_check = None if result.diverged else target.measure()
+            watch.stop()
 
-    if not result.diverged:
-        final_accuracy(result, test, watch, tta_check)
-    result.train_time_s = watch.seconds
-    memory.record(result)
-    return result
+            train_loss, train_acc = step.epoch_means()
+            result.diverged = result.diverged or has_diverged(train_loss)
+            if result.diverged:
+                break
+            row = EpochRow(run, epoch + 1, train_loss, train_acc, None, None, watch.seconds,
+                           tta_check)
+            if evaluate_epochs or epoch == epochs - 1 or target.reached(tta_check):
+                test.evaluate_epoch(row, result)
+            result.epochs.append(row)
+            if on_epoch:
+                on_epoch(row)
+            if target.reached(tta_check):
+                result.time_to_target = watch.seconds
+                break
+
+        if not result.diverged:
+            final_accuracy(result, test, watch, tta_check)
+        result.train_time_s = watch.seconds
+        memory.record(result)
+        return result
+
+    def prepare_data(self):
+        """The training batches and the normalised test images; the whitening layer is set
+        from the training images' patches (all of it timed)."""
+        recipe, data, how = self.recipe, self.data, self.execution
+        train_images = normalize(data.train_images, how.dtype).contiguous(
+            memory_format=how.memory_format)
+        test_images = normalize(data.test_images, how.dtype).contiguous(
+            memory_format=how.memory_format)
+        init_whitening(self.net, train_images[:recipe.whiten_init_images], recipe.whiten_eps)
+        # `batches` keeps a padded copy of the training images, and nothing else does.
+        batches = TrainBatches(train_images, data.train_labels, recipe, how.memory_format)
+        return batches, test_images
+
+    def _train_epoch(self, batches, epoch, total, on_step, run):
+        """One pass over the epoch's batches, stopping at the run's last step; True if the run
+        diverged (checked per step where the execution says reading the loss costs nothing).
+        Lookahead runs between steps, outside the (captured) step, every few steps."""
+        step = self.step
+        images, batch_indices = batches.epoch(epoch)
+        for index in batch_indices:
+            step.load(images, batches.labels, index)
+            loss = step()
+            self.lookahead.after_step(step.steps_taken)
+            if self.execution.check_each_step and has_diverged(loss.item() / len(index)):
+                return True
+            if on_step:
+                on_step(run, epoch, step.steps_taken, total)
+            if step.steps_taken >= total:
+                self.lookahead.finish()
+                break
+        return False
 
 
 def final_accuracy(result, test, watch, last_check):
@@ -92,41 +191,6 @@ def final_accuracy(result, test, watch, last_check):
     result.val_acc = result.epochs[-1].val_acc
 
 
-def prepare_data(recipe, data, net, device):
-    """The training batches and the normalised test images; the whitening layer is set from
-    the training images' patches (all of it timed)."""
-    dtype, layout = compute_dtype(recipe, device), input_memory_format(recipe, device)
-    train_images = normalize(data.train_images, dtype).contiguous(memory_format=layout)
-    test_images = normalize(data.test_images, dtype).contiguous(memory_format=layout)
-    init_whitening(net, train_images[:recipe.whiten_init_images], recipe.whiten_eps)
-    # `batches` keeps a padded copy of the training images, and nothing else does.
-    batches = TrainBatches(train_images, data.train_labels, recipe.batch_size, recipe.flip,
-                           recipe.translate, cutout=recipe.cutout, memory_format=layout)
-    return batches, test_images
-
-
-def train_epoch(step, batches, epoch, lookahead, total_steps, progress):
-    """One pass over the epoch's batches, stopping at the run's last step; False if the run
-    diverged (checked per step on the CPU only, where reading the loss costs no GPU sync).
-
-    Lookahead runs between steps, outside the (captured) step, every few steps."""
-    images, batch_indices = batches.epoch(epoch)
-    check_each_step = not step.images.is_cuda
-    for index in batch_indices:
-        step.load(images, batches.labels, index)
-        loss = step()
-        lookahead.after_step(step.taken)
-        if check_each_step and has_diverged(loss.item() / len(index)):
-            return False
-        progress(epoch, step.taken)
-        if step.taken >= total_steps:
-            lookahead.finish()
-            break
-    return True
-
-
-# Tooling around the run: divergence, progress, the target check, evaluation, timing, memory.
-
 # A run whose mean loss per image passes this has diverged: a healthy one starts near
 # ln(10) = 2.3 and falls, while a blown-up one jumps to NaN, inf, or millions.
 DIVERGED_LOSS = 100.0
@@ -134,17 +198,6 @@ DIVERGED_LOSS = 100.0
 
 def has_diverged(loss_per_image):
     return not loss_per_image < DIVERGED_LOSS          # also True for NaN
-
-
-class Progress:
-    """Calls on_step(run, epoch, steps taken, total steps) after each step, if given."""
-
-    def __init__(self, on_step, run, total_steps):
-        self.on_step, self.run, self.total_steps = on_step, run, total_steps
-
-    def __call__(self, epoch, taken):
-        if self.on_step:
-            self.on_step(self.run, epoch, taken, self.total_steps)
 
 
 class TestSet:
@@ -155,20 +208,15 @@ class TestSet:
 
     def tta_accuracy(self):
         """The recipe's TTA accuracy, as a device tensor (reading it is the caller's sync)."""
-        accuracy, _ = evaluate(self.forward, self.images, self.labels, self.recipe)
-        return accuracy
+        return tta_accuracy(self.forward, self.images, self.labels, self.recipe)
 
-    def epoch_row(self, result, epoch, train_loss, train_acc, seconds, tta_check):
-        """The epoch's EpochRow, appended to `result`; its plain evaluation is untimed and
-        its seconds are added to result.eval_time_s."""
+    def evaluate_epoch(self, row, result):
+        """Fill `row`'s plain test loss and accuracy; untimed, its seconds are added to
+        result.eval_time_s."""
         tick = time.perf_counter()
-        val_acc, val_loss = evaluate(self.forward, self.images, self.labels, self.recipe,
-                                     tta=False)
-        row = EpochRow(result.run, epoch, train_loss, train_acc, val_loss.item(),
-                       val_acc.item(), seconds, tta_check)
+        accuracy, loss = plain_evaluation(self.forward, self.images, self.labels, self.recipe)
+        row.val_loss, row.val_acc = loss.item(), accuracy.item()
         result.eval_time_s += time.perf_counter() - tick
-        result.epochs.append(row)
-        return row
 
 
 class TargetCheck:
@@ -191,8 +239,8 @@ class Stopwatch:
     """Accumulates seconds between start() and stop(); on a GPU with CUDA events, waiting for
     the queued work to finish at each stop."""
 
-    def __init__(self, device):
-        self.cuda = torch.device(device).type == "cuda"
+    def __init__(self, cuda):
+        self.cuda = cuda
         self.seconds = 0.0
 
     def start(self):
@@ -215,11 +263,10 @@ class Stopwatch:
 class PeakMemory:
     """The peak GPU memory of one run (nothing on a CPU)."""
 
-    def __init__(self, device):
-        self.device = device
-        self.cuda = torch.device(device).type == "cuda"
+    def __init__(self, how):
+        self.device, self.cuda = how.device, how.cuda
         if self.cuda:
-            torch.cuda.reset_peak_memory_stats(device)
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def record(self, result):
         if self.cuda:
@@ -227,7 +274,7 @@ class PeakMemory:
             result.peak_mem_reserved = torch.cuda.max_memory_reserved(self.device)
 
 
-# Records: what a run reads and what it returns.
+# Records: what a run returns.
 
 @dataclass
 class EpochRow:
@@ -235,8 +282,9 @@ class EpochRow:
     epoch: int
     train_loss: float   # mean per image over the epoch, label-smoothed as in training
     train_acc: float    # on the augmented training batches
-    val_loss: float     # plain (no TTA) test loss, label-smoothed like train_loss
-    val_acc: float      # plain (no TTA) test accuracy
+    val_loss: float     # plain (no TTA) test loss, label-smoothed like train_loss; None when
+                        # the epoch was not evaluated (accuracy mode)
+    val_acc: float      # plain (no TTA) test accuracy; None likewise
     time_s: float       # timed seconds so far in this run: the clock whose total, at the
                         # run's end, is RunResult.train_time_s
     tta_acc: float = None  # only with a target: the timed TTA check at this epoch's end
@@ -255,21 +303,3 @@ class RunResult:
     time_to_target: float = None  # timed seconds until the target TTA accuracy, if reached
     peak_mem_allocated: int = 0   # bytes, GPU only
     peak_mem_reserved: int = 0
-
-
-@dataclass
-class DeviceData:
-    """The chosen images, still uint8, already on the device (loading is not timed)."""
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-
-
-def to_device(cifar, recipe, device):
-    def put(t, n):
-        return t[:n].to(device, non_blocking=True)
-    return DeviceData(put(cifar.train_images, recipe.train_images),
-                      put(cifar.train_labels, recipe.train_images),
-                      put(cifar.test_images, recipe.test_images),
-                      put(cifar.test_labels, recipe.test_images))

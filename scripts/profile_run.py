@@ -1,6 +1,6 @@
 """Where one run's time goes: a warm-up, then one training run under torch.profiler.
 
-    python scripts/profile_run.py [--recipe 94muon] [--set key=value ...] [--data-dir DIR]
+    python scripts/profile_run.py [--recipe 94] [--set key=value ...] [--data-dir DIR]
                                   [--device cuda|cpu]
 
 Prints the run's timed seconds and wall seconds under the profiler, the kernels launched per
@@ -27,8 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hlb.errors import HlbError  # noqa: E402
 from hlb.bench.report import Listener  # noqa: E402
-from hlb.bench.runs import PreparedRecipe, load_data, prepare  # noqa: E402
-from hlb.train import train_run  # noqa: E402
+from hlb.bench.runs import PreparedRecipe, checked_call, load_data  # noqa: E402
 
 # Kernel name fragments by kind, first match wins; a rough split, by name only.
 KINDS = (("copies and fills", ("memcpy", "memset")),
@@ -145,20 +144,19 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=20, help="rows per table (default 20)")
     args = p.parse_args(argv)
     try:
-        recipe, device = prepare(args.recipe, 1, args.device, args.set)
+        recipe, device = checked_call(args.recipe, 1, args.device, args.set)
         bench = PreparedRecipe(recipe, device, load_data(args.data_dir), seed=0)
     except HlbError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     bench.warmup(Listener())
-    result, wall, prof = profile_call(
-        lambda: train_run(recipe, bench.data, bench.net, device, seed=1,
-                          forward=bench.forward, step=bench.step), bench.cuda)
+    cuda = bench.prepared.execution.cuda
+    result, wall, prof = profile_call(lambda: bench.prepared.run(seed=1), cuda)
     steps = recipe.total_steps()
     lines = [f"recipe {recipe.name} on {device}: {steps} steps, TTA accuracy "
              f"{result.tta_acc:.4f}, timed {result.train_time_s:.3f} s, wall {wall:.3f} s "
              f"(untimed evaluation included; profiler on)"]
-    print("\n".join(lines + report(prof, wall, steps, bench.cuda, args.rows)))
+    print("\n".join(lines + report(prof, wall, steps, cuda, args.rows)))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Step by step through the start of one run, to find where a diverging run first goes wrong.
 
-    python scripts/trace_steps.py [--recipe 94muon] [--set key=value ...] [--steps 60]
+    python scripts/trace_steps.py [--recipe 94] [--set key=value ...] [--steps 60]
                                   [--data-dir DIR] [--device cuda|cpu]
 
 Each step prints the batch's loss per image, and the largest |value| among the modules'
@@ -24,12 +24,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hlb.bench.runs import checked_call, load_data  # noqa: E402
 from hlb.errors import HlbError, UsageError  # noqa: E402
-from hlb.model import build_net, reset  # noqa: E402
-from hlb.optim import Lookahead  # noqa: E402
-from hlb.bench.runs import load_data, prepare  # noqa: E402
-from hlb.step import TrainStep  # noqa: E402
-from hlb.train import prepare_data, to_device  # noqa: E402
+from hlb.model import reset  # noqa: E402
+from hlb.train import prepare  # noqa: E402
 
 
 class Watch:
@@ -79,36 +77,39 @@ def step_line(taken, loss, largest):
     return "  ".join(parts), bad
 
 
-def trace(recipe, data, device, steps, seed=0, out=print, net=None):
-    """Train from a fresh start for at most `steps` steps, printing each through `out`;
-    `net` is the recipe's network unless given. Returns (the first step with a value that is
-    not finite, or None; the steps taken)."""
-    recipe = dataclasses.replace(recipe, compile=False, capture_step=False)
-    net = build_net(recipe, device) if net is None else net
+def traced(recipe, cifar, device):
+    """The recipe prepared on `device` to run eagerly: no compile, no captured graph."""
+    return prepare(dataclasses.replace(recipe, compile=False, capture_step=False), cifar,
+                   device)
+
+
+def trace(run, steps, seed=0, out=print):
+    """Train a prepared run (`traced`) from a fresh start for at most `steps` steps, printing
+    each through `out`. Returns (the first step with a value that is not finite, or None;
+    the steps taken)."""
+    net, step = run.net, run.step
     torch.manual_seed(seed)
     reset(net)
-    step = TrainStep(net, recipe, device)
-    watch = Watch(net, step.optimizers)
-    batches, _ = prepare_data(recipe, data, net, device)
-    total = recipe.total_steps()
-    lookahead = Lookahead(net, recipe.lookahead_every, recipe.lookahead_decay, total,
-                          recipe.lookahead_ramp)
-    limit = min(steps, total)
+    step.reset()
+    watch = Watch(net, run.optimizers)
+    batches, _ = run.prepare_data()
+    run.lookahead.start()
+    limit = min(steps, run.recipe.total_steps())
     epoch = 0
-    while step.taken < limit:
+    while step.steps_taken < limit:
         images, batch_indices = batches.epoch(epoch)
         for index in batch_indices:
             step.load(images, batches.labels, index)
             loss = step().float().item() / len(index)
-            lookahead.after_step(step.taken)
-            line, bad = step_line(step.taken, loss, watch.largest())
+            run.lookahead.after_step(step.steps_taken)
+            line, bad = step_line(step.steps_taken, loss, watch.largest())
             out(line)
             if bad:
-                return step.taken, step.taken
-            if step.taken >= limit:
+                return step.steps_taken, step.steps_taken
+            if step.steps_taken >= limit:
                 break
         epoch += 1
-    return None, step.taken
+    return None, step.steps_taken
 
 
 def main(argv=None):
@@ -122,13 +123,13 @@ def main(argv=None):
     try:
         if args.steps < 1:
             raise UsageError(f"--steps must be at least 1, not {args.steps}")
-        recipe, device = prepare(args.recipe, 1, args.device, args.set)
-        data = to_device(load_data(args.data_dir), recipe, device)
+        recipe, device = checked_call(args.recipe, 1, args.device, args.set)
+        run = traced(recipe, load_data(args.data_dir), device)
     except HlbError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     print(f"recipe {recipe.name} on {device}, traced eagerly")
-    first_bad, taken = trace(recipe, data, device, args.steps)
+    first_bad, taken = trace(run, args.steps)
     if first_bad is None:
         print(f"every value finite through step {taken}")
     else:

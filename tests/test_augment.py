@@ -1,6 +1,17 @@
+import pytest
 import torch
 
-from hlb.augment import TrainBatches, cutout, normalize, random_crop
+from hlb.augment import (AUGMENTATIONS, TrainBatches, augmentation, mirror, normalize,
+                         random_crop, zero_square)
+from hlb.bench.overrides import override
+from hlb.errors import UsageError
+from hlb.recipes import RECIPES
+
+
+def recipe_for(n, batch_size, *sets):
+    """The smoke recipe cut to `n` training images in batches of `batch_size`."""
+    return override(RECIPES["smoke"], [f"train_images={n}", f"batch_size={batch_size}",
+                                       f"whiten_init_images={n}", *sets])
 
 
 def test_random_crop_keeps_content_and_covers_all_shifts():
@@ -19,35 +30,34 @@ def test_random_crop_keeps_content_and_covers_all_shifts():
     assert len(shifts) == 25
 
 
-def test_random_crop_mirrors_the_width_axis_only_where_asked():
-    g = torch.Generator().manual_seed(0)
-    padded = torch.nn.functional.pad(torch.randn(50, 3, 6, 6, generator=g), (1, 1, 1, 1))
-    flip = torch.arange(50) % 2 == 0
-    g.manual_seed(1)
-    plain = random_crop(padded, 6, generator=g)
-    g.manual_seed(1)
-    mirrored = random_crop(padded, 6, flip=flip, generator=g)    # same windows, mirrored
-    assert torch.equal(mirrored[flip], plain[flip].flip(-1))    # width is the last axis
-    assert torch.equal(mirrored[~flip], plain[~flip])
+def test_mirror_flips_the_width_axis_only_where_asked():
+    x = torch.randn(50, 3, 6, 6)
+    chosen = torch.arange(50) % 2 == 0
+    out = mirror(x, chosen)
+    assert torch.equal(out[chosen], x[chosen].flip(-1))      # width is the last axis
+    assert torch.equal(out[~chosen], x[~chosen])
+
+
+def ramp_images(n):
+    """Image i is constant i along height and a ramp along width, so a flip is visible."""
+    return torch.arange(8.0).repeat(n, 3, 8, 1) + torch.arange(n).view(n, 1, 1, 1) * 100
+
+
+def flipped_by_label(batches, labels, epoch):
+    state = {}
+    images, batch_indices = batches.epoch(epoch)
+    for index in batch_indices:
+        for img, label in zip(images[index], labels[index]):
+            state[int(label)] = bool(img[0, 0, 0] > img[0, 0, -1])
+    return state
 
 
 def test_alternating_flip_inverts_every_other_epoch():
     torch.manual_seed(0)
     n = 64
-    # Image i is constant i along height and a ramp along width, so a flip is visible.
-    images = torch.arange(8.0).repeat(n, 3, 8, 1) + torch.arange(n).view(n, 1, 1, 1) * 100
     labels = torch.arange(n)
-    batches = TrainBatches(images, labels, batch_size=16, flip="alternate", translate=0)
-
-    def flipped_by_label(epoch):
-        state = {}
-        images, batch_indices = batches.epoch(epoch)
-        for index in batch_indices:
-            for img, label in zip(images[index], labels[index]):
-                state[int(label)] = bool(img[0, 0, 0] > img[0, 0, -1])
-        return state
-
-    e0, e1, e2 = flipped_by_label(0), flipped_by_label(1), flipped_by_label(2)
+    batches = TrainBatches(ramp_images(n), labels, recipe_for(n, 16, "augment=flip"))
+    e0, e1, e2 = (flipped_by_label(batches, labels, e) for e in range(3))
     assert len(e0) == n
     assert all(e1[i] != e0[i] for i in range(n))
     assert e2 == e0
@@ -57,12 +67,18 @@ def test_alternating_flip_inverts_every_other_epoch():
 def test_batches_are_a_shuffled_partition_dropping_the_remainder():
     images = torch.randn(100, 3, 8, 8)
     labels = torch.arange(100)
-    batches = TrainBatches(images, labels, batch_size=32, flip="none", translate=0)
+    batches = TrainBatches(images, labels, recipe_for(100, 32, "augment="))
     _, batch_indices = batches.epoch(0)
     assert batch_indices.shape == (3, 32)
     seen = labels[batch_indices.flatten()]
     assert len(batches) == 3 and len(set(seen.tolist())) == 96
     assert not torch.equal(seen, torch.arange(96))
+
+
+def test_no_augmentation_leaves_the_images_as_they_are():
+    images = torch.randn(64, 3, 8, 8)
+    batches = TrainBatches(images, torch.arange(64), recipe_for(64, 16, "augment="))
+    assert torch.equal(batches.augmented(0), images)
 
 
 def test_normalize_centres_the_cifar_mean():
@@ -71,10 +87,10 @@ def test_normalize_centres_the_cifar_mean():
     assert normalize(images, torch.float).abs().max() < 0.01
 
 
-def test_cutout_zeroes_one_square_inside_each_image_and_nothing_else():
+def test_zero_square_zeroes_one_square_inside_each_image_and_nothing_else():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(400, 3, 8, 10, generator=g) + 1        # no zeros before the cutout
-    out = cutout(x, 3, generator=g)
+    out = zero_square(x, 3, generator=g)
     zero = out == 0
     assert torch.equal(out[~zero], x[~zero])
     assert (zero.sum(dim=(2, 3)) == 9).all()               # size*size per channel per image
@@ -90,21 +106,75 @@ def test_cutout_zeroes_one_square_inside_each_image_and_nothing_else():
     assert len(corners) == 6 * 8                           # every position inside the image
 
 
-def test_train_batches_apply_cutout_only_when_asked():
+@pytest.mark.parametrize("listed, zeros", [("crop,flip", 0), ("crop,flip,cutout", 16)])
+def test_cutout_runs_only_when_listed(listed, zeros):
     images = torch.rand(64, 3, 8, 8) + 1
-    labels = torch.arange(64)
-    for size, zeros in ((0, 0), (4, 16)):
-        batches = TrainBatches(images, labels, batch_size=16, flip="alternate", translate=2,
-                               cutout=size)
-        x, _ = batches.epoch(0)
-        assert ((x == 0).sum(dim=(2, 3)) == zeros).all()
+    batches = TrainBatches(images, torch.arange(64),
+                           recipe_for(64, 16, f"augment={listed}", "cutout=4"))
+    x, _ = batches.epoch(0)
+    assert ((x == 0).sum(dim=(2, 3)) == zeros).all()
+
+
+def test_jitter_shifts_brightness_and_scales_contrast_per_image_within_its_range():
+    torch.manual_seed(0)
+    n = 2000
+    images = torch.ones(n, 3, 4, 4) * 2
+    recipe = recipe_for(n, 100, "augment=jitter", "jitter_brightness=0.1",
+                        "jitter_contrast=0.2")
+    out = TrainBatches(images, torch.arange(n), recipe).augmented(0)
+    per_image = out.flatten(1)
+    assert (per_image == per_image[:, :1]).all()       # one shift and one scale per image
+    values = per_image[:, 0]
+    # (2 + b) * (1 + c) with |b| <= 0.1, |c| <= 0.2: from 1.9 * 0.8 to 2.1 * 1.2.
+    assert values.min() >= 1.9 * 0.8 - 1e-6 and values.max() <= 2.1 * 1.2 + 1e-6
+    assert values.min() < 1.6 and values.max() > 2.4 and values.std() > 0.1
+    zero = TrainBatches(images, torch.arange(n), recipe_for(
+        n, 100, "augment=jitter", "jitter_brightness=0", "jitter_contrast=0"))
+    assert torch.equal(zero.augmented(0), images)
+
+
+def test_clean_epochs_keep_the_flip_and_drop_the_crop_and_the_rest():
+    torch.manual_seed(0)
+    n = 64
+    images = ramp_images(n)
+    labels = torch.arange(n)
+    # 4 steps an epoch, 3 epochs, the last clean.
+    recipe = recipe_for(n, 16, "epochs=3", "augment=crop,flip,cutout", "cutout=2",
+                        "clean_epochs=1")
+    batches = TrainBatches(images, labels, recipe)
+    distorted = batches.augmented(0)
+    assert not torch.equal(distorted.abs().sort(-1).values, images.sort(-1).values)
+    clean = batches.augmented(2)
+    assert clean.shape == images.shape
+    # Epoch 2 is even: the run's own flips, not inverted; no crop, no cutout.
+    assert torch.equal(clean, mirror(images, batches.base_flip))
+
+
+def test_a_new_augmentation_is_one_function_and_its_name(monkeypatch):
+    monkeypatch.setitem(AUGMENTATIONS, "invert", None)     # removed again after the test
+
+    @augmentation
+    def invert(images, epoch, batches):
+        return -images
+
+    images = torch.rand(64, 3, 8, 8)
+    recipe = recipe_for(64, 16, "augment=invert")           # or listed in a named recipe
+    assert torch.equal(TrainBatches(images, torch.arange(64), recipe).augmented(0), -images)
+    with pytest.raises(UsageError, match="augment=.*invert"):
+        recipe_for(64, 16, "augment=invert,invert")          # each name once
+
+
+def test_the_crop_comes_first_and_names_must_be_known():
+    with pytest.raises(UsageError, match="crop first"):
+        recipe_for(64, 16, "augment=flip,crop")
+    with pytest.raises(UsageError, match="augment=.*expected comma-separated names"):
+        recipe_for(64, 16, "augment=crop,rotate")
 
 
 def test_batches_come_in_the_asked_memory_format():
     images = torch.rand(64, 3, 8, 8)
     labels = torch.arange(64)
     for fmt in (torch.contiguous_format, torch.channels_last):
-        batches = TrainBatches(images, labels, batch_size=16, flip="random", translate=2,
-                               memory_format=fmt)
-        x, _ = batches.epoch(0)
+        recipe = recipe_for(64, 16, "flip=random")
+        x, _ = TrainBatches(images, labels, recipe, memory_format=fmt).epoch(0)
         assert x.is_contiguous(memory_format=fmt)

@@ -27,6 +27,7 @@ from hlb.errors import HlbError, UsageError
 from hlb.bench.overrides import override
 from hlb.recipes import get_recipe
 from hlb.bench.report import Listener
+from hlb.train import PreparedRun
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--recipe", "smoke", "--device", "cpu", "--set", "train_images=256",
@@ -251,14 +252,14 @@ def test_a_failing_rank_stops_the_rounds_and_keeps_what_was_gathered(monkeypatch
     for key, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
         monkeypatch.setenv(key, value)
-    real_train_run = hlb.bench.runs.train_run
+    real_train_run = PreparedRun.run
 
-    def train_run(*args, run=0, **kwargs):
+    def train_run(self, *args, run=0, **kwargs):
         if run == 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB.")
-        return real_train_run(*args, run=run, **kwargs)
+        return real_train_run(self, *args, run=run, **kwargs)
 
-    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
+    monkeypatch.setattr(PreparedRun, "run", train_run)
     recipe = override(get_recipe("smoke"), TINY[4:][1::2])
     seen = []
     with hlb.bench.runs.scheduler_for("cpu") as scheduler:

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from hlb.evaluate import evaluate, logits, tta_views
 from hlb.bench.overrides import override
+from hlb.evaluate import logits, plain_evaluation, tta_accuracy, tta_views
 from hlb.recipes import RECIPES
 
 
@@ -105,6 +105,21 @@ def test_evaluate_counts_correct_answers_and_restores_training_mode():
     labels = net(x).argmax(1)
     labels[:10] = (labels[:10] + 1) % 10                      # 10 of 40 wrong
     recipe = override(RECIPES["smoke"], ["eval_batch_size=16"])
-    accuracy, loss = evaluate(net, x, labels, recipe, tta=False)
+    accuracy, loss = plain_evaluation(net, x, labels, recipe)
     assert accuracy.item() == pytest.approx(0.75) and loss.item() > 0
     assert net.training
+
+
+def test_the_timed_tta_computes_no_loss(monkeypatch):
+    # Nobody reads a loss in the timed region, so none is computed there.
+    net, x = Linear(), images()
+    labels = net(x).argmax(1)
+    called = []
+    monkeypatch.setattr("hlb.evaluate.F.cross_entropy",
+                        lambda *a, **k: called.append(1) or torch.tensor(0.0))
+    recipe = override(RECIPES["smoke"], ["eval_batch_size=16"])
+    expected = (logits(net, x, SIX_VIEWS, 16, recipe.tta_fraction).argmax(1) == labels)
+    assert tta_accuracy(net, x, labels, recipe).item() == expected.float().mean().item()
+    assert called == []
+    plain_evaluation(net, x, labels, recipe)
+    assert called == [1]

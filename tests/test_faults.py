@@ -17,6 +17,7 @@ import hlb.files
 import hlb.bench.runs
 from conftest import synthetic_cifar
 from hlb.bench.cli import main
+from hlb.train import PreparedRun
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--recipe", "smoke", "--device", "cpu", "--set", "train_images=400",
@@ -39,14 +40,19 @@ def _one_line(err):
 
 def test_one_diverging_run_is_counted_and_the_others_go_on(synthetic_data, monkeypatch,
                                                            tmp_path, capsys):
-    real_train_run = hlb.bench.runs.train_run
+    real_train_run = PreparedRun.run
 
-    def train_run(recipe, *args, run=0, **kwargs):
-        if run == 1:                       # blow up the second run only
-            recipe = hlb.bench.runs.override(recipe, ["lr=1e9"])
-        return real_train_run(recipe, *args, run=run, **kwargs)
+    def train_run(self, *args, run=0, **kwargs):
+        if run != 1:
+            return real_train_run(self, *args, run=run, **kwargs)
+        table = self.schedule.table.clone()          # blow up the second run only:
+        self.schedule.table.fill_(1e9)               # a learning rate of 1e9 at every step
+        try:
+            return real_train_run(self, *args, run=run, **kwargs)
+        finally:
+            self.schedule.table.copy_(table)
 
-    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
+    monkeypatch.setattr(PreparedRun, "run", train_run)
     out = tmp_path / "r.json"
     status = main([*TINY, "--runs", "3", "--json", str(out)])
     captured = capsys.readouterr()
@@ -62,16 +68,16 @@ def test_one_diverging_run_is_counted_and_the_others_go_on(synthetic_data, monke
 
 def test_out_of_memory_is_one_line_and_keeps_the_finished_runs(synthetic_data, monkeypatch,
                                                                tmp_path, capsys):
-    real_train_run = hlb.bench.runs.train_run
+    real_train_run = PreparedRun.run
 
-    def train_run(*args, run=0, **kwargs):
+    def train_run(self, *args, run=0, **kwargs):
         if run == 1:
             raise torch.cuda.OutOfMemoryError(
                 "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
                 "of 3.9 GiB of which 1.2 GiB is free.")
-        return real_train_run(*args, run=run, **kwargs)
+        return real_train_run(self, *args, run=run, **kwargs)
 
-    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
+    monkeypatch.setattr(PreparedRun, "run", train_run)
     out = tmp_path / "r.json"
     status = main([*TINY, "--runs", "3", "--json", str(out)])
     captured = capsys.readouterr()
@@ -171,14 +177,14 @@ def test_two_invocations_share_a_fresh_data_dir(cifar_dir, tmp_path):
 
 
 def _fail_run_1(monkeypatch):
-    real_train_run = hlb.bench.runs.train_run
+    real_train_run = PreparedRun.run
 
-    def train_run(*args, run=0, **kwargs):
+    def train_run(self, *args, run=0, **kwargs):
         if run == 1:
             raise RuntimeError("injected fault")
-        return real_train_run(*args, run=run, **kwargs)
+        return real_train_run(self, *args, run=run, **kwargs)
 
-    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
+    monkeypatch.setattr(PreparedRun, "run", train_run)
 
 
 def test_an_unexpected_error_is_one_line_keeps_the_runs_and_saves_the_traceback(

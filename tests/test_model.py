@@ -1,16 +1,17 @@
 import copy
+from functools import partial
 
 import pytest
 import torch
 
-from hlb.model import (ConvBeforePool, DiracConv, ResidualConvGroup, init_whitening, make_net,
-                       patches, whitening_weights)
 from hlb.bench.overrides import override
+from hlb.model import (BatchNorm, ConvBeforePool, DiracConv, GlobalMaxPool, Net,
+                       ResidualConvGroup, init_whitening, patches, whitening_weights)
 from hlb.recipes import RECIPES
 
 
 def test_output_shape_and_parameter_count():
-    net = make_net(RECIPES["94"])
+    net = Net(RECIPES["94"])
     assert net(torch.randn(4, 3, 32, 32)).shape == (4, 10)
     # About 2M trainable parameters, as the airbench94 network has.
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -31,7 +32,7 @@ def test_whitening_makes_patch_covariance_identity():
 
 
 def test_whitening_layer_holds_filters_and_their_negatives():
-    net = make_net(RECIPES["smoke"])
+    net = Net(RECIPES["smoke"])
     init_whitening(net, torch.randn(50, 3, 32, 32), eps=5e-4)
     w = net.whiten.weight
     assert w.shape == (24, 3, 2, 2)
@@ -46,7 +47,7 @@ def test_dirac_conv_passes_input_channels_through():
 
 
 def test_batchnorm_scale_is_frozen():
-    net = make_net(override(RECIPES["smoke"], []))
+    net = Net(override(RECIPES["smoke"], []))
     bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 6
     assert all(not b.weight.requires_grad and b.bias.requires_grad for b in bns)
@@ -65,7 +66,7 @@ def expected_trainable(widths, convs_per_group):
 @pytest.mark.parametrize("name, low, high", [("95", 4.5e6, 4.7e6), ("96", 9.8e6, 10.0e6)])
 def test_wider_nets_shape_and_parameter_count(name, low, high):
     recipe = RECIPES[name]
-    net = make_net(recipe)
+    net = Net(recipe)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     print(f"recipe {name}: {trainable} trainable parameters")
@@ -74,7 +75,7 @@ def test_wider_nets_shape_and_parameter_count(name, low, high):
 
 
 def test_recipe_96_uses_residual_groups_with_default_batchnorm_momentum():
-    net = make_net(RECIPES["96"])
+    net = Net(RECIPES["96"])
     assert sum(isinstance(m, ResidualConvGroup) for m in net.modules()) == 3
     bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 9
@@ -83,7 +84,8 @@ def test_recipe_96_uses_residual_groups_with_default_batchnorm_momentum():
 
 def test_residual_group_adds_its_input():
     torch.manual_seed(0)
-    group = ResidualConvGroup(4, 8, bn_momentum=0.1, bn_eps=1e-12)
+    norm = partial(BatchNorm, momentum=0.1, eps=1e-12)
+    group = ResidualConvGroup(4, 8, norm, torch.nn.GELU)
     x = torch.randn(3, 4, 8, 8)
     with torch.no_grad():
         # Silence the residual branch: its two convs and BatchNorm biases give exact zeros.
@@ -122,7 +124,7 @@ def untrimmed(net):
 def test_trimmed_convs_give_the_untrimmed_logits_and_gradients(name, changes):
     torch.manual_seed(0)
     recipe = override(RECIPES[name], ["widths=8,16,16", *changes])
-    net = make_net(recipe).double()
+    net = Net(recipe).double()
     ref = untrimmed(net)
     x = torch.randn(6, 3, 32, 32, dtype=torch.double)
     probe = torch.randn(6, 10, dtype=torch.double)
@@ -138,10 +140,56 @@ def test_trimmed_convs_give_the_untrimmed_logits_and_gradients(name, changes):
 
 
 def test_pooled_convs_compute_only_what_the_pool_keeps():
-    net = make_net(override(RECIPES["94"], ["widths=8,16,16"]))
+    net = Net(override(RECIPES["94"], ["widths=8,16,16"]))
     sizes = []
     for m in net.modules():
         if isinstance(m, ConvBeforePool):
             m.register_forward_hook(lambda m, args, out: sizes.append(out.shape[-1]))
     net(torch.randn(2, 3, 32, 32))
     assert sizes == [30, 14, 6]
+
+
+def test_the_global_max_pool_gives_the_adaptive_pools_values_and_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(5, 7, 3, 3, dtype=torch.double, requires_grad=True)
+    y = x.detach().clone().requires_grad_()
+    probe = torch.randn(5, 7, dtype=torch.double)
+    ours = GlobalMaxPool()(x)
+    theirs = torch.nn.AdaptiveMaxPool2d(1)(y).flatten(1)
+    assert torch.equal(ours, theirs)
+    (ours * probe).sum().backward()
+    (theirs * probe).sum().backward()
+    assert torch.equal(x.grad, y.grad) and x.grad.count_nonzero() == 35   # one per map
+
+
+def test_the_network_with_the_flattened_max_equals_one_with_the_adaptive_pool():
+    torch.manual_seed(0)
+    net = Net(override(RECIPES["94"], ["widths=8,16,16"])).double()
+    ref = copy.deepcopy(net)
+    ref.body[-1] = torch.nn.Sequential(torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten())
+    x = torch.randn(4, 3, 32, 32, dtype=torch.double)
+    out, ref_out = net(x), ref(x)
+    assert torch.equal(out, ref_out)
+    out.sum().backward()
+    ref_out.sum().backward()
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("name", ["silu", "relu"])
+def test_the_activation_knob_sets_every_conv_groups_activation(name):
+    net = Net(override(RECIPES["96"], [f"activation={name}", "widths=8,16,16"]))
+    wanted = {"silu": torch.nn.SiLU, "relu": torch.nn.ReLU}[name]
+    groups = [m for m in net.body if isinstance(m, ResidualConvGroup)]
+    inside = [m for g in groups for m in g.modules()
+              if isinstance(m, (torch.nn.GELU, torch.nn.SiLU, torch.nn.ReLU))]
+    assert len(inside) == 9 and all(isinstance(m, wanted) for m in inside)
+    # The whitening layer's own activation stays GELU (as in hiverge's speedrun).
+    assert isinstance(net.body[0], torch.nn.GELU)
+
+
+def test_a_smaller_training_resolution_runs_through_the_same_network():
+    net = Net(override(RECIPES["94"], ["widths=8,16,16"]))
+    for side in (16, 24, 28, 32):
+        assert net(torch.randn(2, 3, side, side)).shape == (2, 10)

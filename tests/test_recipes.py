@@ -3,20 +3,22 @@ import dataclasses
 import pytest
 
 from conftest import synthetic_cifar
-from hlb.errors import UsageError
-from hlb.optim import lr_multiplier
-from hlb.optim import sgd_settings
 from hlb.bench.overrides import override
-from hlb.recipes import RECIPES, Recipe, get_recipe
 from hlb.bench.runs import run_recipe
+from hlb.errors import UsageError
+from hlb.model import Net
+from hlb.optim import WhiteningBiasFreeze, lr_multiplier, sgd_settings
+from hlb.recipes import RECIPES, Recipe, get_recipe
 
 
-def test_recipe_94_is_the_paper_method():
-    r = RECIPES["94"]
+def test_recipe_94sgd_is_the_paper_method():
+    r = RECIPES["94sgd"]
     assert (r.batch_size, r.epochs, r.widths, r.lr, r.momentum) == (1024, 9.9, (64, 256, 256),
                                                                     11.5, 0.85)
     assert r.steps_per_epoch() == 48 and r.total_steps() == 476
-    assert r.flip == "alternate" and r.translate == 2 and r.tta_level == 2
+    assert r.optimizer == "sgd" and r.lookahead_every == 5 and r.tta_fraction == 1.0
+    assert r.augment == ("crop", "flip") and r.flip == "alternate" and r.translate == 2
+    assert r.tta_level == 2 and not (r.compile or r.capture_step)
 
 
 def test_total_steps_rounds_up_but_not_whole_epochs():
@@ -27,23 +29,30 @@ def test_total_steps_rounds_up_but_not_whole_epochs():
 
 
 def test_override_parses_each_type():
-    r = override(RECIPES["94"], ["epochs=8", "batch_size=512", "channels_last=false",
-                                 "widths=32,64,64", "flip=random"])
-    assert r.epochs == 8.0 and isinstance(r.epochs, float)
+    r = override(RECIPES["94"], ["epochs=9", "batch_size=512", "channels_last=false",
+                                 "widths=32,64,64", "flip=random", "augment=crop, flip,jitter",
+                                 "image_sizes=24,32"])
+    assert r.epochs == 9.0 and isinstance(r.epochs, float)
     assert r.batch_size == 512 and r.channels_last is False and r.widths == (32, 64, 64)
-    assert r.flip == "random"
-    assert RECIPES["94"].epochs == 9.9          # the named recipe is untouched
+    assert r.flip == "random" and r.augment == ("crop", "flip", "jitter")
+    assert r.image_sizes == (24, 32)
+    assert RECIPES["94"].epochs == 8.0          # the named recipe is untouched
 
 
 @pytest.mark.parametrize("item, message", [
-    ("nope=1", "unknown key 'nope'; valid keys: batch_size"),
+    ("nope=1", "unknown key 'nope'; valid keys: activation, augment, batch_size"),
     ("epochs", "expected key=value"),
     ("batch_size=1.5", "expected an integer"),
     ("lr=fast", "expected a number"),
     ("channels_last=maybe", "expected true or false"),
     ("widths=1,2", "3 comma-separated integers"),
     ("epochs=-1", "epochs=-1.0: expected a number in (0, 1000]"),
-    ("flip=sideways", "flip='sideways': expected one of alternate, random, none"),
+    ("flip=sideways", "flip='sideways': expected one of alternate, random"),
+    ("augment=crop,crop", "augment=('crop', 'crop'): expected comma-separated names, each "
+                          "once, from: crop, flip, cutout, jitter"),
+    ("image_sizes=8,32", "image_sizes=(8, 32): expected 1 to 16 comma-separated integers "
+                         "from 16 to 32"),
+    ("image_sizes=a", "--set image_sizes=a: expected comma-separated values"),
     ("batch_size=60000", "batch_size=60000: expected an integer from 1 to 50000"),
     ("name=x", "unknown key 'name'"),
 ])
@@ -54,7 +63,7 @@ def test_bad_overrides_are_one_line_usage_errors(item, message):
 
 
 def test_unknown_recipe_lists_the_valid_ones():
-    with pytest.raises(UsageError, match="choose one of: 94, 95, 96, 94muon, smoke"):
+    with pytest.raises(UsageError, match="choose one of: 94, 94sgd, 94tuned, 95, 96, smoke"):
         get_recipe("93")
 
 
@@ -70,14 +79,15 @@ def test_named_recipes_use_the_declared_types(name):
         assert type(getattr(recipe, f.name)) is f.type, f.name
 
 
-def test_new_fields_default_to_the_94_method():
-    for name in ("94", "smoke"):
-        assert RECIPES[name].cutout == 0 and RECIPES[name].convs_per_group == 2
+def test_the_recipe_defaults_are_recipe_94():
+    assert RECIPES["94"] == Recipe(name="94")
+    for name in ("94", "94sgd", "smoke"):
+        assert "cutout" not in RECIPES[name].augment and RECIPES[name].convs_per_group == 2
 
 
-def test_recipe_95_is_94_wider_and_longer():
-    expected = dataclasses.replace(RECIPES["94"], name="95", widths=(128, 384, 384), lr=10.0,
-                                   epochs=15.0)
+def test_recipe_95_is_94sgd_wider_and_longer():
+    expected = dataclasses.replace(RECIPES["94sgd"], name="95", target=0.95,
+                                   widths=(128, 384, 384), lr=10.0, epochs=15.0)
     assert RECIPES["95"] == expected
     assert RECIPES["95"].total_steps() == 15 * 48
 
@@ -87,6 +97,7 @@ def test_recipe_96_is_the_june_2024_airbench96():
     assert (r.widths, r.convs_per_group, r.bn_momentum) == ((128, 384, 512), 3, 0.1)
     assert (r.lr, r.weight_decay, r.epochs) == (9.0, 0.012, 37.0)
     assert (r.translate, r.cutout, r.flip) == (4, 12, "alternate")
+    assert r.augment == ("crop", "flip", "cutout") and r.target == 0.96
     steps = r.total_steps()
     assert steps == 37 * 48
     schedule = [lr_multiplier(s, steps, r.warmup_frac, r.lr_start, r.lr_end)
@@ -97,8 +108,8 @@ def test_recipe_96_is_the_june_2024_airbench96():
 
 
 @pytest.mark.parametrize("item, message", [
-    ("cutout=-1", "cutout=-1: expected an integer from 0 to 32"),
-    ("cutout=33", "cutout=33: expected an integer from 0 to 32"),
+    ("cutout=0", "cutout=0: expected an integer from 1 to 32"),
+    ("cutout=33", "cutout=33: expected an integer from 1 to 32"),
     ("convs_per_group=4", "convs_per_group=4: expected one of 2, 3"),
     ("compile_mode=fast", "compile_mode='fast': expected one of default, reduce-overhead"),
     ("tta_fraction=0", r"tta_fraction=0.0: expected a number in \(0, 1\]"),
@@ -127,14 +138,30 @@ def test_wide_recipes_learn_at_tiny_scale(name):
     assert result.tta_acc > 0.2                            # chance is 0.1
 
 
-def test_recipe_94muon_matches_the_muon_method():
-    r = RECIPES["94muon"]
+def test_recipe_94_is_the_muon_method_captured_compiled_with_selective_tta():
+    r = RECIPES["94"]
     assert r.optimizer == "muon" and r.total_steps() == 200 and r.lookahead_every == 0
     lr, bias_lr, decay = sgd_settings(r)
     assert bias_lr == pytest.approx(0.053, abs=0.001)       # BatchNorm and whitening biases
     assert lr * r.whiten_bias_lr_scale == pytest.approx(bias_lr)
     assert decay == pytest.approx(0.004, abs=0.0001)        # per step at the peak
-    assert r.whiten_bias_own_schedule and r.whiten_bias_steps() == 75
+    assert r.whiten_bias_own_schedule and WhiteningBiasFreeze(Net(r), r).steps == 75
+    assert r.capture_step and r.compile and r.tta_fraction == 0.25 and r.target == 0.94
+
+
+def test_recipe_94tuned_carries_hiverges_tuning_in_our_units():
+    r = RECIPES["94tuned"]
+    assert r.total_steps() == 245 and WhiteningBiasFreeze(Net(r), r).steps == 7
+    lr, bias_lr, decay = sgd_settings(r)
+    # hiverge's per-step values: head 0.5415 (against airbench94_muon's 0.67, which is
+    # recipe 94's head lr in our units), biases 0.0573, decay 1.0418e-6 x 1536.
+    head_94 = sgd_settings(RECIPES["94"])[0]
+    assert lr / head_94 == pytest.approx(0.5415 / 0.67, rel=0.01)
+    assert bias_lr == pytest.approx(0.0573, rel=0.01)
+    assert decay == pytest.approx(1.0418e-6 * 1536, rel=0.01)
+    assert (r.muon_lr, r.muon_momentum, r.label_smoothing) == (0.205, 0.655, 0.09)
+    assert r.activation == "silu" and "jitter" in r.augment and r.whiten_init_images == 960
+    assert 1 - r.bn_momentum == pytest.approx(0.5566)       # airbench's convention
 
 
 def test_rules_between_fields_name_both():

@@ -16,6 +16,7 @@ import hlb.bench.runs
 from conftest import synthetic_cifar
 from hlb.bench.cli import main
 from hlb.recipes import get_recipe
+from hlb.train import PreparedRun
 from test_dist import _children, _env, _rank_of, _torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,17 +141,18 @@ def synthetic_data(monkeypatch):
 
 
 def _interrupt_at(monkeypatch, run, when=lambda recipe: True):
-    """train_run raises KeyboardInterrupt the first time it is asked for `run` (of a recipe
+    """A run raises KeyboardInterrupt the first time it is asked for `run` (of a recipe
     that `when` picks); returns the list of (lr, run) it was asked for."""
-    real_train_run, asked, stop_at = hlb.bench.runs.train_run, [], run
+    real_train_run, asked, stop_at = PreparedRun.run, [], run
 
-    def train_run(recipe, *args, run=0, **kwargs):
+    def train_run(self, *args, run=0, **kwargs):
+        recipe = self.recipe
         asked.append((recipe.lr, run))
         if run == stop_at and when(recipe) and asked.count((recipe.lr, run)) == 1:
             raise KeyboardInterrupt
-        return real_train_run(recipe, *args, run=run, **kwargs)
+        return real_train_run(self, *args, run=run, **kwargs)
 
-    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
+    monkeypatch.setattr(PreparedRun, "run", train_run)
     return asked
 
 

@@ -11,7 +11,7 @@ from hlb.bench.overrides import override
 from hlb.recipes import RECIPES
 from hlb.bench.report import Listener
 from hlb.bench.runs import LocalScheduler, PreparedRecipe, Stopped, run_rounds
-from hlb.train import EpochRow, RunResult
+from hlb.train import EpochRow, PreparedRun, RunResult
 
 RECIPE = override(RECIPES["smoke"], ["train_images=256", "test_images=128", "batch_size=64",
                                      "whiten_init_images=128", "widths=8,16,16"])
@@ -19,11 +19,11 @@ RECIPE = override(RECIPES["smoke"], ["train_images=256", "test_images=128", "bat
 
 @pytest.fixture
 def fake_training(monkeypatch):
-    """train_run answers at once: accuracy 0.5 + seed / 1000; `failing` maps a run to the
+    """A run answers at once: accuracy 0.5 + seed / 1000; `failing` maps a run to the
     exception it raises."""
     failing = {}
 
-    def train_run(recipe, data, net, device, seed, run=0, on_epoch=None, **kwargs):
+    def train_run(self, seed, run=0, on_epoch=None, **kwargs):
         if run in failing:
             raise failing[run]
         row = EpochRow(run, 1, 2.0, 0.3, 2.1, 0.3, 0.1)
@@ -32,7 +32,7 @@ def fake_training(monkeypatch):
         return RunResult(run=run, seed=seed, tta_acc=0.5 + seed / 1000, val_acc=0.3,
                          train_time_s=0.1, epochs=[row])
 
-    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
+    monkeypatch.setattr(PreparedRun, "run", train_run)
     return failing
 
 

@@ -18,11 +18,12 @@ import hlb
 from hlb.augment import normalize
 from hlb.bench.cli import main
 from hlb.errors import HlbError
-from hlb.evaluate import evaluate
+from hlb.evaluate import plain_evaluation, tta_accuracy
 from hlb.bench.overrides import override
 from hlb.recipes import get_recipe
 from hlb.bench.saved import (FORMAT, load_saved, read_safetensors, save, save_model,
                              write_safetensors)
+from hlb.execution import execution
 from hlb.model import build_net
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +68,8 @@ def test_load_gives_the_same_accuracy_exactly(trained, cifar):
     labels = cifar.test_labels[:300]
     recipe = load_saved(trained.model).recipe
     assert json.loads(json.dumps(recipe.to_dict())) == trained.record["recipe"]
-    tta, _ = evaluate(net, images, labels, recipe)
-    plain, _ = evaluate(net, images, labels, recipe, tta=False)
+    tta = tta_accuracy(net, images, labels, recipe)
+    plain, _ = plain_evaluation(net, images, labels, recipe)
     run = trained.record["runs"][-1]
     assert (plain.item(), tta.item()) == (run["val_acc"], run["tta_acc"])
 
@@ -83,7 +84,7 @@ def test_the_record_and_the_file_carry_the_package_version(trained):
 
 def test_batchnorm_statistics_are_saved(tmp_path):
     recipe = override(get_recipe("smoke"), ["widths=8,8,8"])
-    net = build_net(recipe, "cpu")
+    net = build_net(recipe, execution(recipe, "cpu"))
     net.train()
     with torch.no_grad():
         net(torch.randn(16, 3, 32, 32))             # moves the running statistics
@@ -96,7 +97,7 @@ def test_batchnorm_statistics_are_saved(tmp_path):
 
 def test_half_precision_weights_round_trip_exactly(tmp_path):
     recipe = override(get_recipe("smoke"), ["widths=8,8,8"])
-    net = build_net(recipe, "cpu")
+    net = build_net(recipe, execution(recipe, "cpu"))
     torch.nn.init.normal_(net.head.weight)
     half = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
     net.load_state_dict(half)                        # float32 values that fp16 can hold
@@ -121,7 +122,8 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(os, "fsync", full)
-    net = build_net(override(get_recipe("smoke"), ["widths=8,8,8"]), "cpu")
+    recipe = override(get_recipe("smoke"), ["widths=8,8,8"])
+    net = build_net(recipe, execution(recipe, "cpu"))
     with pytest.raises(HlbError, match="No space left.*nothing was left behind"):
         save_model(tmp_path / "m", net, get_recipe("smoke"), {})
     assert list(tmp_path.iterdir()) == []

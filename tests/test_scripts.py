@@ -211,8 +211,8 @@ def test_clock_summary_by_stage_names_the_slowdowns(tmp_path):
 
 
 def test_flops_counts_the_trimmed_network_and_selective_tta():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "flops.py"), "94muon",
-                          "tta_fraction=0.25"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "flops.py"), "94"],
+                         capture_output=True, text=True, check=True)
     assert "forward 0.211 GFLOP per image" in out.stdout
     # A plain pass, then 5 more views of 2500 images in 7 padded chunks of 2000: 2.4 forwards.
     assert "TTA       2.4 forwards per image" in out.stdout
@@ -248,25 +248,24 @@ def test_trace_steps_prints_each_step_and_stops_at_the_first_value_that_is_not_f
     from trace_steps import main as trace_main
     from trace_steps import trace
 
-    from hlb.model import build_net
+    from trace_steps import traced
+
     from hlb.bench.overrides import override
     from hlb.recipes import RECIPES
-    from hlb.train import to_device
 
-    recipe = override(RECIPES["94muon"], ["train_images=256", "test_images=64", "batch_size=64",
-                                          "widths=8,16,16", "whiten_init_images=128"])
-    data = to_device(synthetic_cifar(), recipe, "cpu")
+    recipe = override(RECIPES["94"], ["train_images=256", "test_images=64", "batch_size=64",
+                                      "widths=8,16,16", "whiten_init_images=128"])
     lines = []
-    assert trace(recipe, data, "cpu", steps=6, out=lines.append) == (None, 6)
+    assert trace(traced(recipe, synthetic_cifar(), "cpu"), steps=6, out=lines.append) == (None, 6)
     assert [line.split()[1] for line in lines] == ["1", "2", "3", "4", "5", "6"]  # 2 epochs
     assert all("max |out|" in line and "max |grad|" in line and "max |weight|" in line
                and "not finite" not in line for line in lines)
 
     # A head whose output overflows: the first step names the loss and the head's output.
-    net = build_net(recipe, "cpu")
-    net.head.register_forward_hook(lambda module, inputs, output: output * float("inf"))
+    run = traced(recipe, synthetic_cifar(), "cpu")
+    run.net.head.register_forward_hook(lambda module, inputs, output: output * float("inf"))
     lines = []
-    assert trace(recipe, data, "cpu", steps=6, out=lines.append, net=net) == (1, 1)
+    assert trace(run, steps=6, out=lines.append) == (1, 1)
     assert "not finite: loss, out head" in lines[0]
 
     assert trace_main(["--steps", "0"]) == 2

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -6,22 +7,24 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import synthetic_cifar
-from hlb.errors import UsageError
-from hlb.model import build_net, reset
-from hlb.optim import Lookahead, lr_multiplier, orthogonalize_all, sgd_settings
 from hlb.bench.overrides import override
-from hlb.recipes import RECIPES
 from hlb.bench.report import Listener
 from hlb.bench.runs import PreparedRecipe
-from hlb.step import TrainStep, summed_loss
+from hlb.errors import UsageError
+from hlb.execution import execution
+from hlb.model import reset
+from hlb.optim import lr_multiplier, orthogonalize_all, sgd_settings
+from hlb.recipes import RECIPES
+from hlb.step import forward_loss, summed_loss
+from hlb.train import prepare
 
 # 8 steps per epoch, 24 in all; the whitening bias freezes after step 8.
 TINY = ["train_images=512", "test_images=256", "batch_size=64", "epochs=3.0",
         "widths=16,32,32", "whiten_init_images=256", "eval_batch_size=256",
         "whiten_bias_epochs=1.0"]
 FREEZE = 8
-SGD = override(RECIPES["94"], TINY)                       # with Lookahead every 5 steps
-MUON = override(RECIPES["94muon"], TINY)                  # the bias's own schedule to step 8
+SGD = override(RECIPES["94sgd"], TINY)                    # with Lookahead every 5 steps
+MUON = override(RECIPES["94"], TINY)                      # the bias's own schedule to step 8
 
 # Operations that make the host wait for the device.
 SYNCING = {"_local_scalar_dense", "item", "nonzero", "masked_select", "is_nonzero", "equal",
@@ -59,10 +62,14 @@ def random_batch(recipe, seed):
     return images, labels
 
 
+def prepared(recipe, device="cpu", how=None):
+    return prepare(recipe, synthetic_cifar(64, 64), device, how)
+
+
 def loaded_step(recipe, seed=0):
     torch.manual_seed(seed)
-    net = build_net(recipe, "cpu")
-    step = TrainStep(net, recipe, "cpu")
+    run = prepared(recipe)
+    net, step = run.net, run.step
     step.reset()
     images, labels = random_batch(recipe, seed)
     step.load(images, labels, torch.arange(recipe.batch_size))
@@ -98,7 +105,7 @@ def test_the_step_reads_its_batch_from_fixed_buffers_in_the_inputs_layout():
     images = torch.randn(10, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     labels = torch.arange(10)
     recipe = override(SGD, ["batch_size=4"])
-    step = TrainStep(build_net(recipe, "cpu"), recipe, "cpu")
+    step = prepared(recipe).step
     step.images = step.images.contiguous(memory_format=torch.channels_last)   # as on a GPU
     buffers = step.images.data_ptr(), step.labels.data_ptr()
     index = torch.tensor([7, 2, 2, 0])
@@ -129,7 +136,7 @@ class ReferenceMuon(torch.optim.Optimizer):
             norms = torch._foreach_norm(params)
             torch._foreach_mul_(params, [len(p) ** 0.5 / n for p, n in zip(params, norms)])
             updates = orthogonalize_all([g.reshape(len(g), -1) for g in nesterov],
-                                        group["ns_steps"])
+                                        group["ns_steps"], torch.float32)
             torch._foreach_add_(params, [u.reshape(p.shape) for u, p in zip(updates, params)],
                                 alpha=-group["lr"])
 
@@ -142,7 +149,7 @@ def reference_optimizers(net, recipe):
     taken = {id(p) for p in bn + filters + [net.whiten.bias]}
     others = [p for p in net.parameters() if p.requires_grad and id(p) not in taken]
     whiten_lr = lr * recipe.whiten_bias_lr_scale
-    span = recipe.whiten_bias_steps() if recipe.whiten_bias_own_schedule else None
+    span = FREEZE if recipe.whiten_bias_own_schedule else None
     groups = [dict(params=bn, lr=bias_lr, weight_decay=decay / bias_lr),
               dict(params=[net.whiten.bias], lr=whiten_lr, weight_decay=decay / whiten_lr,
                    span=span),
@@ -159,7 +166,7 @@ def reference_optimizers(net, recipe):
 
 
 def reference_step(net, optimizers, recipe, images, labels, step, slow):
-    if step == recipe.whiten_bias_steps():
+    if step == FREEZE:
         net.whiten.bias.requires_grad_(False)
     out = net(images)
     loss = F.cross_entropy(out.float(), labels, label_smoothing=recipe.label_smoothing,
@@ -205,17 +212,16 @@ def set_state(step_at, net, optimizers, slow, seed):
 @pytest.mark.parametrize("at", [0, 1, 4, FREEZE - 1, FREEZE, FREEZE + 1, 14, 23])
 def test_one_step_equals_the_eager_reference_step(recipe, at):
     torch.manual_seed(at)
-    net = build_net(recipe, "cpu")
+    run = prepared(recipe)
+    net, step, lookahead = run.net, run.step, run.lookahead
     reference_net = copy.deepcopy(net)
-    step = TrainStep(net, recipe, "cpu")
     step.reset()
-    lookahead = Lookahead(net, recipe.lookahead_every, recipe.lookahead_decay,
-                          recipe.total_steps(), recipe.lookahead_ramp)
+    lookahead.start()
     optimizers = reference_optimizers(reference_net, recipe)
     reference_slow = [v.detach().clone() for v in lookahead.slow]
     set_state(at, net, step.optimizers, lookahead.slow, seed=at)
     set_state(at, reference_net, optimizers, reference_slow, seed=at)
-    step.taken = at
+    step.steps_taken = at
     step.schedule.step.fill_(at)
     images, labels = random_batch(recipe, at)
 
@@ -223,7 +229,7 @@ def test_one_step_equals_the_eager_reference_step(recipe, at):
                               reference_slow)
     step.load(images, labels, torch.arange(len(labels)))
     loss = step()
-    lookahead.after_step(step.taken)
+    lookahead.after_step(step.steps_taken)
 
     assert loss == pytest.approx(expected.item(), rel=1e-6)
     assert step.loss_sum.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -256,7 +262,7 @@ def test_a_new_run_starts_from_zeroed_state_at_step_zero():
         step()
     reset(net)
     step.reset()
-    assert step.taken == 0 and step.schedule.step.item() == 0
+    assert step.steps_taken == 0 and step.schedule.step.item() == 0
     assert step.loss_sum.item() == 0 and step.correct.item() == 0
     assert all(v.eq(0).all() for o in step.optimizers for s in o.state.values()
                for v in s.values())
@@ -270,14 +276,14 @@ def test_inductors_own_cuda_graphs_cannot_sit_inside_a_captured_step():
             override(SGD, ["capture_step=true", "compile=true", f"compile_mode={mode}"])
     allowed = override(SGD, ["capture_step=true", "compile=true",
                              "compile_mode=max-autotune-no-cudagraphs"])
-    TrainStep(build_net(allowed, "cpu"), allowed, "cpu")
+    assert prepared(allowed).step.graphs is None
 
 
 def test_the_cpu_ignores_capture_step_and_runs_the_same_step_eagerly():
     # The rule: capture happens only in a GPU's warm-up, and the CPU has no warm-up.
     bench = PreparedRecipe(override(SGD, ["capture_step=true"]), "cpu", synthetic_cifar(), seed=0)
     bench.warmup(Listener())
-    assert bench.step.graphs is None
+    assert bench.prepared.step.graphs is None
     result = bench.run(0, 1, Listener())
     assert not result.diverged and result.tta_acc > 0.1
 
@@ -285,13 +291,12 @@ def test_the_cpu_ignores_capture_step_and_runs_the_same_step_eagerly():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("recipe", [SGD, MUON], ids=["sgd", "muon"])
 def test_a_captured_step_replays_what_the_eager_step_does_on_a_gpu(recipe):
-    recipe = override(recipe, ["capture_step=true"])          # fp16, channels-last
     torch.manual_seed(0)
-    eager_net = build_net(recipe, "cuda")
-    captured_net = copy.deepcopy(eager_net)
-    eager = TrainStep(eager_net, recipe, "cuda")
-    captured = TrainStep(captured_net, recipe, "cuda")
-    captured.capture()                  # its warm-up steps moved the weights: start again
+    eager_run = prepared(override(recipe, ["capture_step=false", "compile=false"]), "cuda")
+    captured_run = prepared(override(recipe, ["capture_step=true", "compile=false"]), "cuda")
+    eager, captured = eager_run.step, captured_run.step          # fp16, channels-last
+    eager_net, captured_net = eager_run.net, captured_run.net
+    captured.capture(recipe.total_steps())   # its warm-up steps moved the weights: start again
     captured_net.load_state_dict(eager_net.state_dict())
     eager.reset()
     images, labels = random_batch(override(recipe, [f"batch_size={3 * recipe.batch_size}"]), 0)
@@ -307,3 +312,45 @@ def test_a_captured_step_replays_what_the_eager_step_does_on_a_gpu(recipe):
     for a, b in zip(eager_net.state_dict().values(), captured_net.state_dict().values()):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=1e-3)
     assert eager.correct.item() == pytest.approx(captured.correct.item(), abs=len(labels))
+
+
+def test_the_forward_pass_and_the_loss_trace_into_one_graph():
+    from torch._dynamo.testing import CompileCounter
+
+    net = prepared(MUON).net
+    images, labels = random_batch(MUON, 0)
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(forward_loss, backend=counter)
+    loss, logits = compiled(net, images, labels, 32, 0.2)
+    assert counter.frame_count == 1                  # no graph break between them
+    eager_loss, eager_logits = forward_loss(net, images, labels, 32, 0.2)
+    torch.testing.assert_close(loss, eager_loss)
+    torch.testing.assert_close(logits, eager_logits)
+
+
+def test_a_compiling_execution_compiles_the_forward_pass_with_the_loss(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append((fn, kw)) or fn)
+    how = dataclasses.replace(execution(MUON, "cpu"), compile=True,
+                              compile_mode="max-autotune-no-cudagraphs")
+    prepared(MUON, how=how)
+    assert (forward_loss, {"mode": "max-autotune-no-cudagraphs"}) in compiled
+
+
+def test_each_epoch_trains_at_its_resolution_and_the_variants_say_which():
+    recipe = override(MUON, ["image_sizes=16,24,32"])       # 8 steps an epoch, 3 epochs
+    run = prepared(recipe)
+    step = run.step
+    assert [step.variant(s) for s in (0, 7, 8, 15, 16, 23)] == [
+        (16, False), (16, False), (24, True), (24, True), (32, True), (32, True)]
+    seen = []
+    run.net.whiten.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[-1]))
+    step.reset()
+    images, labels = random_batch(recipe, 0)
+    step.load(images, labels, torch.arange(len(labels)))
+    for _ in range(recipe.total_steps()):
+        step()
+    assert seen == [16] * 8 + [24] * 8 + [32] * 8
+    # One size past the list's end: the last holds.
+    assert prepared(override(MUON, ["image_sizes=24"])).step.variant(23) == (24, True)

@@ -19,7 +19,7 @@ from hlb.recipes import get_recipe
 from hlb.bench.stats import holm_adjust, paired_test
 from hlb.bench.sweep import (ALPHA, Grid, critical_t, make_grid, prune_level, rank, to_drop,
                        verdict)
-from hlb.train import RunResult
+from hlb.train import PreparedRun, RunResult
 
 SMOKE = get_recipe("smoke")
 
@@ -174,13 +174,14 @@ EFFECT = {1.0: -0.05, 8.0: 0.0, 10.0: 0.004, 12.0: 0.01}     # smoke's own lr is
 
 @pytest.fixture
 def planted(monkeypatch):
-    """train_run replaced by a planted accuracy per lr (the fixture's value: that train_run)."""
-    def train_run(recipe, data, net, device, seed, run, **kwargs):
+    """A run replaced by a planted accuracy per lr (the fixture's value: that run)."""
+    def train_run(self, seed, run, **kwargs):
+        recipe = self.recipe
         noise = 0.02 if recipe.lr == 10.0 else 0.0005
         acc = 0.5 + 0.01 * math.sin(7 * seed) + EFFECT[recipe.lr] + noise * math.cos(seed + 1)
         return RunResult(run=run, seed=seed, tta_acc=acc, val_acc=acc,
                          train_time_s=2.0 + recipe.lr / 100)
-    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
+    monkeypatch.setattr(PreparedRun, "run", train_run)
     monkeypatch.setattr(hlb.bench.runs, "load_data", lambda data_dir=None: synthetic_cifar())
     return train_run
 
@@ -227,15 +228,16 @@ PRUNED = ["sweep", *TINY, "--vary", "lr=1,10,12", "--runs", "5", "--prune", "--n
 
 def _interrupt(monkeypatch, where):
     """Ctrl-C once, `where`: "in run i" (of the cell lr=10) or "in the look after run n"
-    (the pruning test of that round); returns the (lr, run) pairs train_run is asked for."""
-    real_run, real_drop, asked, hit = hlb.bench.runs.train_run, hlb.bench.sweep.to_drop, [], []
+    (the pruning test of that round); returns the (lr, run) pairs a run is asked for."""
+    real_run, real_drop, asked, hit = PreparedRun.run, hlb.bench.sweep.to_drop, [], []
 
-    def train_run(recipe, *args, run=0, **kwargs):
+    def train_run(self, *args, run=0, **kwargs):
+        recipe = self.recipe
         asked.append((recipe.lr, run))
         if where == f"in run {run}" and recipe.lr == 10.0 and not hit:
             hit.append(where)
             raise KeyboardInterrupt
-        return real_run(recipe, *args, run=run, **kwargs)
+        return real_run(self, *args, run=run, **kwargs)
 
     def to_drop(grid, results, active, finished):
         if where == f"in the look after run {finished}" and not hit:
@@ -243,7 +245,7 @@ def _interrupt(monkeypatch, where):
             raise KeyboardInterrupt
         return real_drop(grid, results, active, finished)
 
-    monkeypatch.setattr(hlb.bench.runs, "train_run", train_run)
+    monkeypatch.setattr(PreparedRun, "run", train_run)
     monkeypatch.setattr(hlb.bench.sweep, "to_drop", to_drop)
     return asked
 
@@ -290,7 +292,7 @@ def interrupted_sweep(planted, monkeypatch, tmp_path):
     path = tmp_path / "sweep.json"
     _interrupt(monkeypatch, "in run 3")
     assert cli.main([*PRUNED, "--json", str(path)]) == 130
-    monkeypatch.setattr(hlb.bench.runs, "train_run", planted)
+    monkeypatch.setattr(PreparedRun, "run", planted)
     return path, json.loads(path.read_text())
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -5,12 +6,13 @@ import torch
 
 from conftest import synthetic_cifar
 from hlb.augment import normalize
-from hlb.evaluate import evaluate
-from hlb.model import build_net, compute_dtype, reset
 from hlb.bench.overrides import override
-from hlb.recipes import RECIPES
 from hlb.bench.runs import run_recipe
-from hlb.train import to_device, train_run
+from hlb.evaluate import plain_evaluation
+from hlb.execution import execution
+from hlb.model import reset
+from hlb.recipes import RECIPES
+from hlb.train import prepare
 
 TINY = ["train_images=512", "test_images=256", "batch_size=64", "epochs=3.0",
         "widths=16,32,32", "whiten_init_images=256", "eval_batch_size=256"]
@@ -50,14 +52,14 @@ def test_same_seed_same_run_and_runs_use_consecutive_seeds():
 
 def test_whitening_bias_freezes_after_its_epochs():
     recipe = tiny_recipe("whiten_bias_epochs=1.0", "epochs=2.0")
-    data = to_device(synthetic_cifar(), recipe, "cpu")
-    net = build_net(recipe, "cpu")
+    run = prepare(recipe, synthetic_cifar(), "cpu")
+    net = run.net
     seen = {}
 
     def on_epoch(row):
         seen[row.epoch] = net.whiten.bias.detach().clone()
 
-    train_run(recipe, data, net, "cpu", seed=0, on_epoch=on_epoch)
+    run.run(seed=0, on_epoch=on_epoch)
     assert not net.whiten.bias.requires_grad
     assert seen[1].abs().sum() > 0
     # Lookahead is off in the smoke recipe, so a frozen bias does not move at all.
@@ -92,18 +94,25 @@ def test_the_recipe_tta_fraction_reaches_the_final_evaluation():
     assert abs(full.tta_acc - full.val_acc) > 1 / 256
 
 
-def test_precision_applies_on_a_gpu_only():
+def test_the_execution_is_the_recipes_on_a_gpu_and_eager_fp32_on_a_cpu():
     for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16),
                         ("fp32", torch.float32)):
         recipe = override(RECIPES["94"], [f"precision={name}"])
-        assert compute_dtype(recipe, "cuda") == dtype
-        assert compute_dtype(recipe, "cuda:1") == dtype
-        assert compute_dtype(recipe, "cpu") == torch.float32
+        for device in ("cuda", "cuda:1"):
+            gpu = execution(recipe, device)
+            assert gpu.dtype == dtype and gpu.device == device
+            assert gpu.memory_format == torch.channels_last
+            assert gpu.compile and gpu.capture and gpu.warmup and not gpu.check_each_step
+        cpu = execution(recipe, "cpu")
+        assert cpu.dtype == torch.float32 and cpu.memory_format == torch.contiguous_format
+        assert not (cpu.compile or cpu.capture or cpu.warmup) and cpu.check_each_step
+    eager = execution(RECIPES["94"], "cuda").eager()
+    assert not (eager.compile or eager.capture) and eager.warmup
 
 
 def test_reset_keeps_the_whitening_bias_random_as_conv2d_makes_it():
     # As in airbench: nn.Conv2d's uniform init, bound 1/sqrt(fan_in) = 1/sqrt(3*2*2).
-    net = build_net(tiny_recipe(), "cpu")
+    net = prepare(tiny_recipe(), synthetic_cifar(), "cpu").net
     torch.manual_seed(0)
     reset(net)
     bias = net.whiten.bias.detach().clone()
@@ -115,12 +124,51 @@ def test_reset_keeps_the_whitening_bias_random_as_conv2d_makes_it():
 
 def test_the_test_loss_is_label_smoothed_like_the_training_loss():
     recipe = tiny_recipe("epochs=1.0", "label_smoothing=0.5")
-    data = to_device(synthetic_cifar(), recipe, "cpu")
-    net = build_net(recipe, "cpu")
-    result = train_run(recipe, data, net, "cpu", seed=0)
+    run = prepare(recipe, synthetic_cifar(), "cpu")
+    net, data = run.net, run.data
+    result = run.run(seed=0)
     test_images = normalize(data.test_images, torch.float)
-    _, smoothed = evaluate(net, test_images, data.test_labels, recipe, tta=False)
+    _, smoothed = plain_evaluation(net, test_images, data.test_labels, recipe)
     unsmoothed = override(recipe, ["label_smoothing=0"])
-    _, plain = evaluate(net, test_images, data.test_labels, unsmoothed, tta=False)
+    _, plain = plain_evaluation(net, test_images, data.test_labels, unsmoothed)
     assert result.epochs[-1].val_loss == pytest.approx(smoothed.item(), rel=1e-5)
     assert abs(smoothed.item() - plain.item()) > 1e-3
+
+
+def test_without_per_epoch_evaluation_a_run_trains_the_same_and_still_reports_the_end():
+    recipe = tiny_recipe()
+    cifar = synthetic_cifar()
+    every = prepare(recipe, cifar, "cpu").run(seed=3)
+    once = prepare(recipe, cifar, "cpu").run(seed=3, evaluate_epochs=False)
+    assert once.tta_acc == every.tta_acc and once.val_acc == every.val_acc
+    assert [r.train_loss for r in once.epochs] == [r.train_loss for r in every.epochs]
+    assert [r.val_acc for r in once.epochs] == [None, None, every.epochs[-1].val_acc]
+
+
+def test_a_failed_compile_falls_back_to_eager_with_one_line(monkeypatch):
+    # As on a GPU without a working Triton: torch.compile's callable fails on its first call.
+    def broken(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("Cannot find a working triton installation. More info: ...")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    recipe = tiny_recipe("epochs=1.0", "compile=true")
+    how = dataclasses.replace(execution(recipe, "cpu"), compile=True, warmup=True)
+    run = prepare(recipe, synthetic_cifar(), "cpu", how)
+    assert run.warmup() > 0
+    assert run.fallback.startswith("compile failed on this device (RuntimeError: Cannot find a "
+                                   "working triton installation")
+    assert "--set compile=false" in run.fallback and "\n" not in run.fallback
+    assert not run.execution.compile and run.step.forward_loss is not None
+    result = run.run(seed=0)
+    assert not result.diverged and result.tta_acc > 0.15      # chance is 0.1
+
+
+def test_a_failure_that_is_not_compiles_is_not_hidden(monkeypatch):
+    recipe = tiny_recipe("epochs=1.0")
+    how = dataclasses.replace(execution(recipe, "cpu"), warmup=True)    # eager already
+    run = prepare(recipe, synthetic_cifar(), "cpu", how)
+    monkeypatch.setattr(run, "run", lambda *a, **k: (_ for _ in ()).throw(ValueError("bug")))
+    with pytest.raises(ValueError, match="bug"):
+        run.warmup()

@@ -30,6 +30,7 @@ from hlb.recipes import RECIPES, get_recipe
 from hlb.bench.records import default_runs_dir, list_records, records_table, save_record
 from hlb.bench.report import Progress, Table, record_dict, summary_lines, write_json_atomic
 from hlb.bench.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
+from hlb.bench.saved import evaluate_saved, save
 from hlb.bench.sweep import make_grid, run_sweep, sweep_dict, table_lines
 from hlb.train import DIVERGED_LOSS
 
@@ -442,8 +443,6 @@ def _check_save_model(path):
 
 def _save_model(path, record, error):
     """Save the last run's network when that run finished (see --save-model)."""
-    from hlb.bench.saved import save
-
     if not path:
         return
     if error:
@@ -456,8 +455,6 @@ def _save_model(path, record, error):
 
 
 def _eval(argv):
-    from hlb.bench.saved import evaluate_saved
-
     p = _Parser(prog=_prog("eval"),
                 description="Test a network saved with --save-model: plain and TTA accuracy "
                             "on the test images of its recipe, beside what its run reported.")

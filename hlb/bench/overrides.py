@@ -11,7 +11,7 @@ from hlb.recipes import Recipe
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _WANTED = {bool: "true or false", int: "an integer", float: "a number",
-           tuple: "comma-separated integers"}
+           tuple: "comma-separated values"}
 
 
 def settable():
@@ -19,15 +19,17 @@ def settable():
     return {f.name: f.type for f in dataclasses.fields(Recipe) if f.name != "name"}
 
 
-def parse_value(kind, text):
-    """`text` as a value of type `kind`; ValueError when it is not one."""
+def parse_value(key, text):
+    """`text` as a value of field `key`'s type; ValueError when it is not one."""
+    kind = settable()[key]
     if kind is bool:
         lowered = text.strip().lower()
         if lowered not in _TRUE + _FALSE:
             raise ValueError(text)
         return lowered in _TRUE
-    if kind is tuple:
-        return tuple(int(v) for v in text.split(","))
+    if kind is tuple:           # its knob knows its items (integers, names)
+        knob = next(f.metadata["allowed"] for f in dataclasses.fields(Recipe) if f.name == key)
+        return knob.parse(text)
     return kind(text)           # int, float or str
 
 
@@ -46,7 +48,7 @@ def override(recipe, assignments):
                             + ", ".join(sorted(fields)))
         else:
             try:
-                changes[key] = parse_value(fields[key], text)
+                changes[key] = parse_value(key, text)
             except ValueError:
                 problems.append(f"--set {item}: expected {_WANTED.get(fields[key], 'text')}")
     try:

@@ -47,6 +47,9 @@ class Listener:
     def warmup_finished(self, seconds):
         pass
 
+    def notice(self, text):
+        """Something the user should know about the runs (a fallback), in one line."""
+
     def run_started(self, run, runs):
         pass
 
@@ -188,6 +191,9 @@ class Table(Listener):
     def warmup_finished(self, seconds):
         self._write(f"warm-up done in {seconds:.1f} s")
 
+    def notice(self, text):
+        self._write(f"note: {text}", prefix=False)
+
     def run_started(self, run, runs):
         if not self._header_shown:
             self.header()
@@ -318,6 +324,7 @@ def record_dict(record, argv=None):
         "resumed_from": record.resumed_from,
         "stopped": record.stopped,
         "warmup_s": record.warmup_s,
+        "fallback": record.fallback,
         "wall_s": record.wall_s,
         "epochs": epochs,
         "runs": results,

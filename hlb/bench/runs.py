@@ -22,15 +22,13 @@ from dataclasses import dataclass, field
 import torch
 
 from hlb.bench import dist
-from hlb.data import CIFAR10_TAR_MD5, CIFAR10_URL, default_data_dir, load_cifar10
-from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
-from hlb.model import build_net
 from hlb.bench.overrides import override
-from hlb.recipes import Recipe, get_recipe
 from hlb.bench.report import Listener
 from hlb.bench.stats import Summary, summarize
-from hlb.step import TrainStep
-from hlb.train import EpochRow, RunResult, to_device, train_run
+from hlb.data import CIFAR10_TAR_MD5, CIFAR10_URL, default_data_dir, load_cifar10
+from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
+from hlb.recipes import Recipe, get_recipe
+from hlb.train import EpochRow, RunResult, prepare
 
 
 class Stopped(Exception):
@@ -62,6 +60,7 @@ class Record:
     seed: int
     overrides: list = field(default_factory=list)  # the "key=value" texts, as given
     warmup_s: float = 0.0          # untimed warm-up run (cudnn autotuning, compilation)
+    fallback: str = None           # why compile or capture were turned off, if they were
     stopped: str = None            # why the runs stopped early, if they did
     target_acc: float = None       # runs stop at the first epoch whose TTA accuracy reaches it
     runs_asked: int = None         # runs 0..runs_asked-1 were asked for (a resume runs the rest)
@@ -86,48 +85,34 @@ def resolve_device(name=None):
 
 
 class PreparedRecipe:
-    """One recipe made ready on a device (data placed, network built and maybe compiled),
-    then run as often as asked; its `record` collects the results."""
+    """One recipe made ready on a device (hlb.train.prepare), run as often as asked; its
+    `record` collects the results."""
 
     def __init__(self, recipe, device, cifar, seed, overrides=()):
         self.recipe = recipe
-        self.device = device               # "cuda", "cuda:3" (one GPU of many) or "cpu"
-        self.cuda = torch.device(device).type == "cuda"
-        if self.cuda:
-            torch.backends.cudnn.benchmark = True
-        self.data = to_device(cifar, recipe, device)
-        self.net = build_net(recipe, device)
-        self.forward = (torch.compile(self.net, mode=recipe.compile_mode)
-                        if self.cuda and recipe.compile else self.net)
-        self.step = TrainStep(self.net, recipe, device, self.forward)
+        self.prepared = prepare(recipe, cifar, device)
         # The record names the kind of device; which GPU ran which run is the launcher's.
         self.record = Record(recipe=recipe, device=torch.device(device).type,
                              data_fingerprint=cifar.fingerprint, seed=seed,
-                             overrides=list(overrides), net=self.net)
+                             overrides=list(overrides), net=self.prepared.net)
 
     def warmup(self, listener):
-        """One untimed run of the same shapes, so cudnn.benchmark and compilation happen
-        here and not in a timed run (GPU only: the CPU has nothing to warm up)."""
-        if not self.cuda:
+        """The untimed warm-up, where the device needs one (hlb.train.PreparedRun.warmup)."""
+        if not self.prepared.execution.warmup:
             return
         listener.warmup_started()
-        tick = time.perf_counter()
-        if self.recipe.capture_step:
-            self.step.capture()            # the CPU ignores capture_step: it has no warm-up
-        train_run(self.recipe, self.data, self.net, self.device, seed=self.record.seed + 2**31,
-                  run=-1, forward=self.forward, step=self.step)
-        torch.cuda.synchronize(self.device)
-        self.record.warmup_s = time.perf_counter() - tick
+        self.record.warmup_s = self.prepared.warmup()
+        if self.prepared.fallback:
+            self.record.fallback = self.prepared.fallback
+            listener.notice(self.prepared.fallback)
         listener.warmup_finished(self.record.warmup_s)
 
     def run(self, i, runs, listener, target_acc=None):
         """Run i (seed `seed + i`); returns its RunResult, which the runner files in the
         record and then shows (`listener.run_finished`)."""
         listener.run_started(i, runs)
-        result = train_run(self.recipe, self.data, self.net, self.device,
-                           seed=self.record.seed + i, run=i, forward=self.forward,
-                           step=self.step, on_epoch=listener.epoch, on_step=listener.step,
-                           target_acc=target_acc)
+        result = self.prepared.run(self.record.seed + i, run=i, on_epoch=listener.epoch,
+                                   on_step=listener.step, target_acc=target_acc)
         self.record.net_run = i
         return result
 
@@ -462,7 +447,7 @@ def run_recipe(recipe, runs, device, seed, cifar, listener=None, target_acc=None
         prepared.record.wall_s = time.perf_counter() - wall
 
 
-def prepare(recipe, runs, device, overrides=()):
+def checked_call(recipe, runs, device, overrides=()):
     """Check the arguments of a training call; returns (recipe, device)."""
     if isinstance(recipe, str):
         recipe = get_recipe(recipe)
@@ -478,10 +463,10 @@ def train(recipe="94", runs=1, device=None, seed=0, data_dir=None, overrides=(),
 
     `recipe` is a name from hlb.recipes.RECIPES or a Recipe; `overrides` are "key=value"
     strings as on the command line; with `target_acc`, each run stops at the first epoch
-    whose TTA accuracy reaches it (see hlb.train.train_run). Stopped (with the finished
+    whose TTA accuracy reaches it (see hlb.train.PreparedRun.run). Stopped (with the finished
     runs) when the runs end early.
     """
     started = time.perf_counter()
-    recipe, device = prepare(recipe, runs, device, overrides)
+    recipe, device = checked_call(recipe, runs, device, overrides)
     return run_recipe(recipe, runs, device, seed, load_data(data_dir), listener, target_acc,
                       overrides, started)

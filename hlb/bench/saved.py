@@ -18,10 +18,16 @@ from pathlib import Path
 
 import torch
 
-from hlb.errors import HlbError, UsageError
-from hlb.files import write_atomic
-from hlb.recipes import Recipe
+from hlb import __version__
+from hlb.augment import normalize, to_device
 from hlb.bench.report import jsonable
+from hlb.bench.runs import load_data, resolve_device
+from hlb.errors import HlbError, UsageError
+from hlb.evaluate import plain_evaluation, tta_accuracy
+from hlb.execution import execution
+from hlb.files import write_atomic
+from hlb.model import build_net
+from hlb.recipes import Recipe
 
 FORMAT = "hlb-cifar10 model v1"
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -150,8 +156,6 @@ def save(record, path):
 def save_model(path, net, recipe, run):
     """Write `net`'s weights and buffers (BatchNorm statistics too) as float32, exact for
     fp16 and bf16 weights, with `recipe` and `run` (a dict of results) as metadata."""
-    from hlb import __version__
-
     path = Path(path)
     if not path.resolve().parent.is_dir():
         raise HlbError(f"cannot save the model to {path}: its folder does not exist")
@@ -193,14 +197,12 @@ def _recipe(path, text):
 
 def load_saved(path, device="cpu"):
     """Read a file written by save/save_model and rebuild its network on `device`."""
-    from hlb.model import build_net
-
     tensors, metadata = read_safetensors(path)
     if metadata.get("format") != FORMAT:
         raise HlbError(f"{path} is a safetensors file but not an hlb-cifar10 model "
                        f"(format {metadata.get('format')!r}); {_HINT}")
     recipe = _recipe(path, metadata.get("recipe", ""))
-    net = build_net(recipe, device)
+    net = build_net(recipe, execution(recipe, device))
     expected = net.state_dict()
     if set(tensors) != set(expected) or any(
             tensors[k].shape != expected[k].shape for k in expected):
@@ -231,21 +233,14 @@ def _percent(value):
 def evaluate_saved(path, data_dir=None, device=None):
     """Evaluate a saved network on the test images of its recipe, as its run did; return the
     lines to print: plain and TTA accuracy, beside what the run reported."""
-    from hlb.augment import normalize
-    from hlb.evaluate import evaluate
-    from hlb.model import compute_dtype, input_memory_format
-    from hlb.bench.runs import load_data, resolve_device
-    from hlb.train import to_device
-
     device = resolve_device(device)
     saved = load_saved(path, device)
     recipe, run = saved.recipe, saved.run
     cifar = load_data(data_dir)
-    data = to_device(cifar, recipe, device)
-    images = normalize(data.test_images, compute_dtype(recipe, device))
-    images = images.contiguous(memory_format=input_memory_format(recipe, device))
-    plain, _ = evaluate(saved.net, images, data.test_labels, recipe, tta=False)
-    tta, _ = evaluate(saved.net, images, data.test_labels, recipe)
+    data, how = to_device(cifar, recipe, device), execution(recipe, device)
+    images = normalize(data.test_images, how.dtype).contiguous(memory_format=how.memory_format)
+    plain, _ = plain_evaluation(saved.net, images, data.test_labels, recipe)
+    tta = tta_accuracy(saved.net, images, data.test_labels, recipe)
     lines = [f"{path}: recipe {recipe.name}, saved by hlb {saved.version}, "
              f"{len(images)} test images on {device}",
              f"  plain accuracy {_percent(plain.item())}   TTA accuracy {_percent(tta.item())}",
