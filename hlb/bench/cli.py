@@ -1,11 +1,15 @@
 """The command line: parse flags, run, print, write the record, set the exit status.
 
+Every command that trains (main, compare, sweep) is one `Command` run by one sequence,
+`_train`: device, scheduler, checks before any data, banner, data, prepare, restore
+(--resume), the runs, then on rank 0 the summary, the record kept, and the exit status.
+
 Exit status: 0 success; 1 a data problem, a run that diverged, a record cut short or edited,
 or an unexpected error (its traceback saved to a file, see `main`); 2 a usage error (a
 --resume that is not the interrupted command, too); 130 Ctrl-C or SIGTERM (a scheduler's time
 limit, `timeout`). All of them keep the finished runs, and --resume runs the rest.
-Under torchrun (hlb.bench.dist) rank 0 prints, writes and sets that status; the other ranks stay
-silent and exit 0 (130 on Ctrl-C), except for an error only they can report.
+Under torchrun (hlb.bench.dist) rank 0 prints, writes and sets that status; the other ranks
+stay silent and exit 0 (130 on Ctrl-C), except for an error only they can report.
 """
 
 import argparse
@@ -17,21 +21,22 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hlb.bench import resume
 from hlb.bench.compare import compare, compare_records, comparison_dict, comparison_lines
 from hlb.bench.dist import world_from_env
-from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
-from hlb.files import reason
 from hlb.bench.overrides import override
 from hlb.bench.plot import plot_records
-from hlb.recipes import RECIPES, get_recipe
 from hlb.bench.records import default_runs_dir, list_records, records_table, save_record
 from hlb.bench.report import Progress, Table, record_dict, summary_lines, write_json_atomic
 from hlb.bench.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
 from hlb.bench.saved import evaluate_saved, save
-from hlb.bench.sweep import make_grid, run_sweep, sweep_dict, table_lines
+from hlb.bench.sweep import SweepRun, make_grid, sweep_dict, table_lines
+from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
+from hlb.files import reason
+from hlb.recipes import RECIPES, get_recipe
 from hlb.train import DIVERGED_LOSS
 
 
@@ -116,17 +121,17 @@ def build_compare_parser():
     return p
 
 
-def _arm_recipe(name, flags, base):
-    """An arm is a recipe plus `--recipe` / `--set` flags, given as one string; returns the
-    recipe and its overrides."""
-    p = _Parser(prog=f"--{name.lower()}", add_help=False)
+def arm_recipe(flags, base, label, flag):
+    """A recipe plus `--recipe` / `--set` flags given as one string (a compare arm, verify's
+    baseline); returns the recipe and its overrides. `label` and `flag` name it in errors."""
+    p = _Parser(prog=flag, add_help=False)
     p.add_argument("--recipe", default=base)
     p.add_argument("--set", action="append", default=[])
     try:
         args = p.parse_args(shlex.split(flags))
         return override(get_recipe(args.recipe), args.set), args.set
     except UsageError as e:
-        raise UsageError(f"arm {name}: {e}") from None
+        raise UsageError(f"{label}: {e}") from None
 
 
 def build_sweep_parser():
@@ -143,7 +148,7 @@ def build_sweep_parser():
     return p
 
 
-def _check_writable(path, flag="--json"):
+def check_writable(path, flag="--json"):
     """Fail before training, not after, when the record could not be written."""
     parent = Path(path).resolve().parent
     if not parent.is_dir():
@@ -205,7 +210,7 @@ def main(argv=None):
     except Exception as e:
         if os.environ.get("HLB_DEBUG") == "1":
             raise
-        return _report_unexpected(Unexpected.wrapping(e), None)
+        return report_unexpected(Unexpected.wrapping(e), None)
 
 
 def _save_traceback(text, folder):
@@ -222,7 +227,7 @@ def _save_traceback(text, folder):
     return None
 
 
-def _report_unexpected(error, folder):
+def report_unexpected(error, folder):
     """One line for an Unexpected error, its traceback saved to a file; exit status 1."""
     if os.environ.get("HLB_DEBUG") == "1":
         print(error.traceback, file=sys.stderr, end="")
@@ -234,41 +239,84 @@ def _report_unexpected(error, folder):
     return 1
 
 
-def _record_path(args):
+# The one sequence of every command that trains
+
+
+@dataclass
+class Command:
+    """A command that trains, as `_train` runs it: what it prepares, what it shows and keeps,
+    and how it ends."""
+    kind: str               # what its --resume record is: "record", "compare", "sweep"
+    arms: list              # (recipe, overrides) of each recipe it runs, interleaved
+    banner: object          # device -> the first line, printed before the data is loaded
+    listeners: list         # one per arm: what each shows while it runs
+    data_of: object         # (records, scheduler) -> the record, as JSON values
+    lines: object           # (records, error) -> the lines printed once the runs end
+    keep: object            # (data, args) -> the folder the record was kept in, or None
+    end: object = None      # (records, error, folder) -> the exit status; default `finish`
+    target_acc: float = None
+    on_round: object = None  # (records, finished) -> the arms to stop (a sweep's pruning)
+    grid: object = None     # a sweep's grid, which --resume checks too
+    restored: object = None  # (saved parts, records, leader) -> the arms stopped before
+
+
+def _train(args, command):
+    """Device, scheduler, the checks made before any data, banner, data, prepare, restore,
+    the runs; then, on rank 0, the lines, the record kept, and the exit status."""
+    wall = time.perf_counter()
+    device = resolve_device(args.device)
+    with scheduler_for(device) as scheduler:
+        saved = _check_start(args, command, device, scheduler)
+        if scheduler.leader:
+            print(command.banner(device) + _spread(scheduler), flush=True)
+        cifar = scheduler.load_data(args.data_dir)
+        prepared = [PreparedRecipe(recipe, scheduler.device, cifar, args.seed, overrides)
+                    for recipe, overrides in command.arms]
+        stopped = _restore(saved, prepared, args.resume, cifar.fingerprint, scheduler.leader,
+                           command)
+        records, error = _run(prepared, args, command, scheduler, stopped)
+        if not scheduler.leader:
+            return 130 if isinstance(error, KeyboardInterrupt) else 0
+        for record in records:
+            record.wall_s = time.perf_counter() - wall
+        print("\n".join(command.lines(records, error)))
+        folder = command.keep(command.data_of(records, scheduler), args)
+        return (command.end or finish)(records, error, folder)
+
+
+def record_path(args):
     """Where the record goes: --json, else the --resume file itself, else nowhere."""
     return args.json or args.resume
 
 
-def _check_start(args, arms, device, scheduler, grid=None):
+def _check_start(args, command, device, scheduler):
     """Before any data is touched: check that the record can be written and, with --resume,
     read the record and check that this command is the one that wrote it; return the
-    [record, label] of each arm, or of the base and each cell of a sweep's `grid` (None
-    without --resume). Under torchrun rank 0 alone writes, so it alone checks, and every
-    rank stops with it (or gets the records from it)."""
-    kind = "sweep" if grid else "compare" if len(arms) == 2 else "record"
-
+    [record, label] of each arm (None without --resume). Under torchrun rank 0 alone writes,
+    so it alone checks, and every rank stops with it (or gets the records from it)."""
     def work():
-        if _record_path(args):
-            _check_writable(_record_path(args), "--json" if args.json else "--resume")
+        if record_path(args):
+            check_writable(record_path(args), "--json" if args.json else "--resume")
         if not args.resume:
             return None
-        data = resume.read(args.resume, kind)
-        if grid:
-            resume.check_grid(data, args.resume, grid)
-        parts = resume.parts(data, kind)
-        for (record, label), (recipe, overrides) in zip(parts, arms):
+        data = resume.read(args.resume, command.kind)
+        if command.grid:
+            resume.check_grid(data, args.resume, command.grid)
+        parts = resume.parts(data, command.kind)
+        for (record, label), (recipe, overrides) in zip(parts, command.arms):
             resume.check_same(record, args.resume + label, recipe, overrides, args.seed,
-                              args.runs, getattr(args, "target_acc", None), device)
+                              args.runs, command.target_acc, device)
             resume.check_commit(record, args.resume + label, args.allow_other_commit)
         return parts
 
     return scheduler.on_leader(work)
 
 
-def _restore(saved, prepared, path, fingerprint, leader):
-    """Put the finished runs of the --resume record back (after checking the data)."""
+def _restore(saved, prepared, path, fingerprint, leader, command):
+    """Put the finished runs of the --resume record back (after checking the data); return
+    the arms stopped before (a sweep's dropped cells)."""
     if saved is None:
-        return
+        return set()
     for (record, label), p in zip(saved, prepared):
         resume.check_data(record, path + label, fingerprint)
         resume.restore(p.record, record, path, label)
@@ -276,20 +324,42 @@ def _restore(saved, prepared, path, fingerprint, leader):
         kept = [r.run for r in prepared[0].record.results]
         print(f"  resuming {path}: run(s) {', '.join(map(str, kept)) or 'none'} kept as they "
               "were", flush=True)
+    if command.restored is None:
+        return set()
+    return command.restored(saved, [p.record for p in prepared], leader)
 
 
 def _spread(scheduler):
     return f", spread over {scheduler.size} processes" if scheduler.describe() else ""
 
 
-def _record_data(record, argv, scheduler):
-    data = record_dict(record, argv)
+def _run(prepared, args, command, scheduler, stopped):
+    """The runs, with the record rewritten after each round (after a sweep's pruning) so
+    that a failure keeps what finished; returns (records, the error that stopped them or
+    None)."""
+    path = record_path(args)
+
+    def each_round(records, finished):
+        stop = command.on_round(records, finished) if command.on_round else ()
+        if path and not finished:
+            write_record(path, command.data_of(records, scheduler))
+        return stop
+
+    try:
+        return run_rounds(prepared, args.runs, command.listeners, scheduler,
+                          command.target_acc, each_round, stopped), None
+    except Stopped as e:
+        return e.records, e.error
+
+
+def with_dist(data, scheduler):
+    """A record's JSON with, under torchrun, which process and GPU ran which run."""
     if scheduler.describe():
-        data["dist"] = scheduler.describe()       # which process and GPU ran which run
+        data["dist"] = scheduler.describe()
     return data
 
 
-def _write_record(path, data):
+def write_record(path, data):
     try:
         write_json_atomic(path, data)
     except OSError as e:
@@ -297,28 +367,10 @@ def _write_record(path, data):
                        "nothing was left behind") from None
 
 
-def _quicker(recipe):
-    """The quicker alternative a long estimate names."""
-    return "--recipe smoke" if recipe.name != "smoke" else "fewer --runs"
-
-
-def _run(prepared, runs, listeners, scheduler, json_path, data_of, target_acc=None):
-    """The runs, with --json rewritten after each round so that a failure keeps what
-    finished; returns (records, the error that stopped them or None)."""
-    def each_round(records, finished):
-        if json_path and not finished:
-            _write_record(json_path, data_of(records))
-
-    try:
-        return run_rounds(prepared, runs, listeners, scheduler, target_acc, each_round), None
-    except Stopped as e:
-        return e.records, e.error
-
-
-def _keep(data, json_path, no_save, label=""):
+def keep(data, json_path, no_save, label=""):
     """Write --json and keep the record under the runs folder; returns that folder."""
     if json_path:
-        _write_record(json_path, data)
+        write_record(json_path, data)
         print(f"  record written to {json_path}")
     if no_save:
         return None
@@ -327,16 +379,25 @@ def _keep(data, json_path, no_save, label=""):
     return kept.parent
 
 
-def _finish(error, folder, n_finished):
-    """The exit status for how the runs ended (None: all ran)."""
+def finish(records, error, folder):
+    """The exit status for how the runs ended (no error: all ran)."""
     if isinstance(error, KeyboardInterrupt):
-        print(f"interrupted after {n_finished} finished run(s)", file=sys.stderr)
+        done = min(len(r.results) for r in records)
+        print(f"interrupted after {done} finished run(s)", file=sys.stderr)
         return 130
     if isinstance(error, Unexpected):
-        return _report_unexpected(error, folder)
+        return report_unexpected(error, folder)
     if error:
         raise error
     return 0
+
+
+def _quicker(recipe):
+    """The quicker alternative a long estimate names."""
+    return "--recipe smoke" if recipe.name != "smoke" else "fewer --runs"
+
+
+# The commands
 
 
 def _main(argv):
@@ -347,51 +408,36 @@ def _main(argv):
     if args.target_acc is not None and not 0 < args.target_acc <= 1:
         raise UsageError(f"--target-acc is a fraction in (0, 1], not {args.target_acc}")
     _check_save_model(args.save_model)
-    wall = time.perf_counter()
-    device = resolve_device(args.device)
-    with scheduler_for(device) as scheduler:
-        saved = _check_start(args, [(recipe, args.set)], device, scheduler)
-        if scheduler.leader:
-            print(f"hlb-cifar10: recipe {recipe.name}, {args.runs} run(s) on {device}"
-                  f"{_spread(scheduler)}", flush=True)
-        cifar = scheduler.load_data(args.data_dir)
-        prepared = PreparedRecipe(recipe, scheduler.device, cifar, args.seed, args.set)
-        _restore(saved, [prepared], args.resume, cifar.fingerprint, scheduler.leader)
-        table = Table(progress=Progress(_quicker(recipe)))
-        (record,), error = _run([prepared], args.runs, [table], scheduler, _record_path(args),
-                                lambda records: _record_data(records[0], argv, scheduler),
-                                args.target_acc)
-        if not scheduler.leader:
-            return 130 if isinstance(error, KeyboardInterrupt) else 0
-        record.wall_s = time.perf_counter() - wall
-        print("\n".join(summary_lines(record)))
-        folder = _keep(_record_data(record, argv, scheduler), _record_path(args),
-                       args.no_save)
-        _save_model(args.save_model, record, error)
-        status = _finish(error, folder, len(record.results))
-        if status == 0 and record.summary.diverged:
-            print(f"error: {record.summary.diverged} run(s) diverged (loss NaN, infinite or "
-                  f"above {DIVERGED_LOSS:g} per image); try a lower lr", file=sys.stderr)
+
+    def end(records, error, folder):
+        _save_model(args.save_model, records[0], error)
+        status = finish(records, error, folder)
+        if status == 0 and records[0].summary.diverged:
+            print(f"error: {records[0].summary.diverged} run(s) diverged (loss NaN, infinite "
+                  f"or above {DIVERGED_LOSS:g} per image); try a lower lr", file=sys.stderr)
             return 1
         return status
 
-
-def _compare_data(records, argv, scheduler):
-    comparison = compare(records[0].results, records[1].results)
-    arms = {name: _record_data(record, argv, scheduler) for name, record in zip("ab", records)}
-    return comparison, {"comparison": comparison_dict(comparison), **arms}
+    return _train(args, Command(
+        kind="record", arms=[(recipe, args.set)], target_acc=args.target_acc,
+        banner=lambda device: f"hlb-cifar10: recipe {recipe.name}, {args.runs} run(s) on "
+                              f"{device}",
+        listeners=[Table(progress=Progress(_quicker(recipe)))],
+        data_of=lambda records, s: with_dist(record_dict(records[0], argv), s),
+        lines=lambda records, error: summary_lines(records[0]),
+        keep=lambda data, args: keep(data, record_path(args), args.no_save), end=end))
 
 
 def _compare_saved(args):
     if len(args.records) != 2 or args.a or args.b or args.resume:
         raise UsageError("compare takes two records (A.json B.json) or --a/--b flags")
     if args.json:
-        _check_writable(args.json)
+        check_writable(args.json)
     comparison = compare_records(*args.records)
     print("\n".join(comparison_lines(comparison)))
     if args.json:
-        _write_record(args.json, {"comparison": comparison_dict(comparison),
-                                  "records": args.records})
+        write_record(args.json, {"comparison": comparison_dict(comparison),
+                                 "records": args.records})
     return 0
 
 
@@ -399,46 +445,62 @@ def _compare(argv):
     args = build_compare_parser().parse_args(argv)
     if args.records:
         return _compare_saved(args)
-    arms = [_arm_recipe("A", args.a, args.recipe), _arm_recipe("B", args.b, args.recipe)]
+    arms = [arm_recipe(args.a, args.recipe, "arm A", "--a"),
+            arm_recipe(args.b, args.recipe, "arm B", "--b")]
     if args.runs < 2:
         raise UsageError(f"--runs must be at least 2 to compare, not {args.runs}")
-    wall = time.perf_counter()
-    device = resolve_device(args.device)
-    with scheduler_for(device) as scheduler:
-        saved = _check_start(args, arms, device, scheduler)
-        if scheduler.leader:
-            print(f"hlb-cifar10 compare: A = {args.a or '(recipe as is)'}, B = "
-                  f"{args.b or '(as is)'}; {args.runs} runs each, interleaved, seeds "
-                  f"{args.seed}..{args.seed + args.runs - 1}{_spread(scheduler)}", flush=True)
-        cifar = scheduler.load_data(args.data_dir)
-        # Run i of both arms goes to the same process in the same round: the pairs stay paired.
-        prepared = [PreparedRecipe(recipe, scheduler.device, cifar, args.seed, overrides)
-                    for recipe, overrides in arms]
-        _restore(saved, prepared, args.resume, cifar.fingerprint, scheduler.leader)
-        progress = Progress(_quicker(arms[0][0]))
-        records, error = _run(prepared, args.runs, [Table(label=name, progress=progress)
-                                                    for name in "AB"],
-                              scheduler, _record_path(args),
-                              lambda records: _compare_data(records, argv, scheduler)[1])
-        if not scheduler.leader:
-            return 130 if isinstance(error, KeyboardInterrupt) else 0
-        for name, record in zip("AB", records):
-            record.wall_s = time.perf_counter() - wall
-            print(f"arm {name}: " + "\n".join(summary_lines(record)))
-        comparison, data = _compare_data(records, argv, scheduler)
-        print("\n".join(comparison_lines(comparison)))
-        if _record_path(args):
-            _write_record(_record_path(args), data)
-            print(f"  record written to {_record_path(args)}")
-        folders = [_keep(data[name], None, args.no_save, f"arm {name.upper()}") for name in "ab"]
-        return _finish(error, folders[0], min(len(r.results) for r in records))
+
+    def data_of(records, scheduler):
+        comparison = compare(records[0].results, records[1].results)
+        return {"comparison": comparison_dict(comparison),
+                **{name: with_dist(record_dict(record, argv), scheduler)
+                   for name, record in zip("ab", records)}}
+
+    def lines(records, error):
+        out = [f"arm {name}: " + "\n".join(summary_lines(record))
+               for name, record in zip("AB", records)]
+        return out + comparison_lines(compare(records[0].results, records[1].results))
+
+    def kept(data, args):
+        if record_path(args):
+            write_record(record_path(args), data)
+            print(f"  record written to {record_path(args)}")
+        folders = [keep(data[name], None, args.no_save, f"arm {name.upper()}") for name in "ab"]
+        return folders[0]
+
+    progress = Progress(_quicker(arms[0][0]))
+    # Run i of both arms goes to the same process in the same round: the pairs stay paired.
+    return _train(args, Command(
+        kind="compare", arms=arms,
+        banner=lambda device: f"hlb-cifar10 compare: A = {args.a or '(recipe as is)'}, B = "
+                              f"{args.b or '(as is)'}; {args.runs} runs each, interleaved, "
+                              f"seeds {args.seed}..{args.seed + args.runs - 1}",
+        listeners=[Table(label=name, progress=progress) for name in "AB"],
+        data_of=data_of, lines=lines, keep=kept))
+
+
+def _sweep(argv):
+    """`main.py sweep`: the base and a grid of variants, interleaved, ranked (hlb.bench.sweep)."""
+    args = build_sweep_parser().parse_args(argv)
+    grid = make_grid(get_recipe(args.recipe), args.set, args.vary, args.runs, args.prune)
+    sweep = SweepRun(grid)
+    return _train(args, Command(
+        kind="sweep", arms=[(c.recipe, c.overrides) for c in [grid.base] + grid.cells],
+        grid=grid,
+        banner=lambda device: f"hlb-cifar10 sweep: base {args.recipe} {' '.join(args.set)}"
+                              .rstrip() + f" and {len(grid.cells)} cell(s), {args.runs} runs "
+                              f"each, interleaved, seeds {args.seed}..{args.seed + args.runs - 1}",
+        listeners=sweep.listeners, on_round=sweep.on_round, restored=sweep.restore,
+        data_of=lambda records, s: with_dist(sweep_dict(sweep.outcome(records), argv), s),
+        lines=lambda records, error: table_lines(sweep.outcome(records, error)),
+        keep=lambda data, args: keep(data, record_path(args), args.no_save)))
 
 
 def _check_save_model(path):
     if path and world_from_env() is not None:
         raise UsageError("--save-model is not supported under torchrun yet")
     if path:
-        _check_writable(path, "--save-model")
+        check_writable(path, "--save-model")
 
 
 def _save_model(path, record, error):
@@ -485,44 +547,3 @@ def _runs(argv):
     runs_dir = Path(args.dir) if args.dir else default_runs_dir()
     print("\n".join(records_table(list_records(runs_dir), runs_dir)))
     return 0
-
-
-def _sweep(argv):
-    """`main.py sweep`: the base and a grid of variants, interleaved, ranked (hlb.bench.sweep)."""
-    args = build_sweep_parser().parse_args(argv)
-    grid = make_grid(get_recipe(args.recipe), args.set, args.vary, args.runs, args.prune)
-    device = resolve_device(args.device)
-    with scheduler_for(device) as scheduler:
-        parts = [grid.base] + grid.cells
-        saved = _check_start(args, [(p.recipe, p.overrides) for p in parts], device,
-                             scheduler, grid)
-        if scheduler.leader:
-            print(f"hlb-cifar10 sweep: base {args.recipe} {' '.join(args.set)}".rstrip()
-                  + f" and {len(grid.cells)} cell(s), {args.runs} runs each, interleaved, "
-                  f"seeds {args.seed}..{args.seed + args.runs - 1}{_spread(scheduler)}",
-                  flush=True)
-
-        def each_round(outcome):
-            if _record_path(args):
-                _write_record(_record_path(args), _sweep_data(outcome, argv, scheduler))
-
-        def restore(prepared, fingerprint):     # the cells dropped before stay dropped
-            _restore(saved, prepared, args.resume, fingerprint, scheduler.leader)
-            return {j: record["dropped"] for j, (record, _) in enumerate(saved or [])
-                    if j and record.get("dropped")}
-
-        outcome = run_sweep(grid, scheduler, args.seed, args.data_dir, each_round,
-                            restore=restore if saved else None)
-        if not scheduler.leader:
-            return 130 if isinstance(outcome.error, KeyboardInterrupt) else 0
-        print("\n".join(table_lines(outcome)))
-        folder = _keep(_sweep_data(outcome, argv, scheduler), _record_path(args),
-                       args.no_save)
-        return _finish(outcome.error, folder, len(outcome.records[0].results))
-
-
-def _sweep_data(outcome, argv, scheduler):
-    data = sweep_dict(outcome, argv)
-    if scheduler.describe():
-        data["dist"] = scheduler.describe()
-    return data

@@ -31,7 +31,6 @@ from hlb.errors import UsageError
 from hlb.bench.overrides import override, settable
 from hlb.recipes import Recipe
 from hlb.bench.report import Listener, jsonable, record_dict
-from hlb.bench.runs import PreparedRecipe, Stopped, run_rounds
 from hlb.bench.stats import (DiffTest, confidence_interval, holm_adjust, mean, one_sided_p,
                        paired_test, summarize, t_quantile)
 
@@ -256,7 +255,8 @@ def to_drop(grid, results, active, finished):
     return drops
 
 
-# Running: every bench interleaved, run by run, with the same seeds
+# Running: every bench interleaved, run by run, with the same seeds (hlb.bench.cli runs the
+# benches: the base, then each cell)
 
 
 class RunLines(Listener):
@@ -283,49 +283,43 @@ class Outcome:
                     self.dropped)
 
 
-def run_sweep(grid, scheduler, seed=0, data_dir=None, each_round=None, stream=None,
-              restore=None):
-    """Run the base and every cell, interleaved with seeds seed..seed+runs-1, in the
-    scheduler's rounds (hlb.bench.runs); an Outcome on every process. `each_round(outcome)` runs
-    after each round but the last on the reporting process, after pruning, while the
-    records are marked unfinished. A resumed sweep gives `restore(prepared, data fingerprint)`:
-    it puts the finished runs back and returns the cells dropped before ({bench index:
-    {"after_runs", "why"}}), which stay dropped."""
-    cifar = scheduler.load_data(data_dir)
-    cells = [grid.base] + grid.cells
-    prepared = [PreparedRecipe(c.recipe, scheduler.device, cifar, seed, c.overrides)
-                for c in cells]
-    width = max(len(c.name) for c in cells)
-    listeners = [RunLines(c.name, width, stream) for c in cells]
-    outcome = Outcome(grid, [p.record for p in prepared])
+class SweepRun:
+    """What a sweep adds to the runner's rounds: a line per finished run, the pruning after
+    each round (announced as it drops a cell), and the Outcome of the runs so far."""
 
-    def prune(records, finished, show=True):
-        active = [j for j in range(len(records)) if j not in outcome.dropped]
-        drops = to_drop(grid, [r.results for r in records], active, finished)
-        outcome.dropped.update(drops)
+    def __init__(self, grid, stream=None):
+        self.grid, self.stream = grid, stream
+        self.names = [grid.base.name] + [c.name for c in grid.cells]
+        width = max(len(name) for name in self.names)
+        self.listeners = [RunLines(name, width, stream) for name in self.names]
+        self.dropped = {}         # bench index -> {"after_runs", "why"}
+
+    def outcome(self, records, error=None):
+        return Outcome(self.grid, records, self.dropped, error)
+
+    def _prune(self, records, finished, show=True):
+        active = [j for j in range(len(records)) if j not in self.dropped]
+        drops = to_drop(self.grid, [r.results for r in records], active, finished)
+        self.dropped.update(drops)
         for j, drop in drops.items() if show else ():
-            print(f"  dropped {cells[j].name} after run {finished} of {grid.runs}: "
-                  f"{drop['why']}", file=stream, flush=True)
+            print(f"  dropped {self.names[j]} after run {finished} of {self.grid.runs}: "
+                  f"{drop['why']}", file=self.stream, flush=True)
         return drops.keys()
 
-    def on_round(records, last):
-        drops = prune(records, len(records[0].results))     # the base runs every round
-        if each_round and not last:
-            each_round(outcome)
-        return drops
+    def on_round(self, records, finished):
+        """After each round, on the reporting process: the benches to drop."""
+        return self._prune(records, len(records[0].results))     # the base runs every round
 
-    if restore:
-        outcome.dropped.update(restore(prepared, cifar.fingerprint))
-        counts = {len(p.record.results) for j, p in enumerate(prepared)
-                  if j not in outcome.dropped}
-        if len(counts) == 1:        # whole rounds: the look an interruption may have cut off
-            prune(outcome.records, counts.pop(), scheduler.leader)
-    try:
-        outcome.records = run_rounds(prepared, grid.runs, listeners, scheduler,
-                                     on_round=on_round, stopped=set(outcome.dropped))
-    except Stopped as e:
-        outcome.records, outcome.error = e.records, e.error
-    return outcome
+    def restore(self, saved, records, leader):
+        """A resumed sweep, its runs put back: the cells dropped before stay dropped, and
+        when whole rounds had finished, the look an interruption may have cut off is taken
+        now. Returns the benches stopped from the start."""
+        self.dropped.update({j: record["dropped"] for j, (record, _) in enumerate(saved)
+                             if j and record.get("dropped")})
+        counts = {len(r.results) for j, r in enumerate(records) if j not in self.dropped}
+        if len(counts) == 1:
+            self._prune(records, counts.pop(), leader)
+        return set(self.dropped)
 
 
 # What the user sees and keeps
