@@ -198,3 +198,59 @@ def test_no_temporary_files_after_many_saves(tmp_path):
     assert len(names) == 5 and all(n.endswith("/record.json") for n in names)
     assert not any(n.startswith(".") for p in names for n in p.split("/"))
     assert all(os.path.getsize(tmp_path / n) > 0 for n in names)
+
+
+def consistent(record):
+    """`record` with the summary its runs give, and how many runs were asked."""
+    import dataclasses
+
+    from hlb.bench.report import jsonable
+    from hlb.bench.stats import summarize
+    record["summary"] = jsonable(dataclasses.asdict(summarize(records.runs_of(record, "x"))))
+    record["runs_asked"] = len(record["runs"])
+    return record
+
+
+def test_a_record_whose_numbers_add_up_passes_the_integrity_check():
+    record = consistent(make_record(accs=(0.5, 0.56, 0.53), times=(20.0, 22.0, 21.0)))
+    results = records.check_integrity(record, "r.json")
+    assert [r.tta_acc for r in results] == [0.5, 0.56, 0.53]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["runs"][1].update(tta_acc=0.99), "its summary does not add up: acc_mean"),
+    (lambda r: r["summary"].update(acc_mean=0.99), "its summary does not add up: acc_mean 0.99"),
+    (lambda r: r["summary"].update(n=5), "its summary does not add up: n 5 in it, 3 from"),
+    (lambda r: r["runs"][2].update(train_time_s=1.0), "does not add up: time_mean"),
+    (lambda r: r.update(runs=r["runs"][:2], epochs=[e for e in r["epochs"] if e["run"] < 2]),
+     "2 run(s) where 3 were asked, and it does not say it stopped"),
+    (lambda r: r.pop("summary"), "it has no summary"),
+    (lambda r: r["runs"][0].pop("seed"), "run 0 lacks seed"),
+])
+def test_an_edited_record_is_refused_in_one_line_naming_what(edit, message):
+    record = consistent(make_record(accs=(0.5, 0.56, 0.53), times=(20.0, 22.0, 21.0)))
+    edit(record)
+    with pytest.raises(HlbError) as e:
+        records.check_integrity(record, "r.json")
+    assert message in str(e.value) and str(e.value).startswith("r.json: ")
+    assert "\n" not in str(e.value)
+
+
+def test_a_record_that_says_it_stopped_may_hold_fewer_runs():
+    record = consistent(make_record(accs=(0.5, 0.56)))
+    record["runs_asked"], record["stopped"] = 5, "interrupted"
+    assert len(records.check_integrity(record, "r.json")) == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, "is not a record (RecursionError"),
+    ('{"runs": [], "acc": NaN}', "is not a record (ValueError: NaN is not JSON"),
+    ('{"n": ' + "9" * 5000 + "}", "is not a record (ValueError"),
+    (b"\xff\xfe{}", "is not JSON"),
+])
+def test_hostile_json_is_one_line(tmp_path, text, message):
+    path = tmp_path / "r.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(HlbError) as e:
+        records.load_json(path)
+    assert message in str(e.value) and "\n" not in str(e.value)

@@ -209,7 +209,8 @@ def _one_line(capsys):
     (["--target-acc", "0.5"], None, 2, "--target-acc 0.5 here, None in the record"),
     ([], lambda r: r["recipe"].update(lr=99.0), 2, "recipe value lr (its default changed?)"),
     ([], lambda r: r.update(data_fingerprint="other"), 2, "the data differs"),
-    ([], lambda r: r["environment"].update(git_commit="0" * 40), 2, "the code differs"),
+    ([], lambda r: r["environment"]["code"].update(source_sha256="0" * 64), 2,
+     "the code differs"),
     ([], lambda r: r.pop("runs_asked"), 1, "cannot be resumed"),
     ([], lambda r: r["runs"][0].pop("tta_acc"), 1, "run 0 lacks tta_acc"),
     ([], lambda r: r["runs"][0].update(diverged="no"), 1, "run 0 has a bad diverged"),
@@ -237,6 +238,7 @@ def test_runs_must_be_the_same_and_another_commit_may_be_allowed(interrupted, ca
     assert main([*TINY, "--runs", "3", "--no-save", "--resume", str(path)]) == 2
     assert "--runs 3 here, 2 in the record" in _one_line(capsys)
     record["environment"]["git_commit"] = "0" * 40
+    record["environment"]["code"]["source_sha256"] = "0" * 64
     path.write_text(json.dumps(record))
     assert main([*TINY, "--runs", "2", "--no-save", "--resume", str(path),
                  "--allow-other-commit"]) == 0

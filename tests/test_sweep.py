@@ -314,7 +314,8 @@ def _one_line(capsys):
     ([], lambda d: d["cells"][1].update(device="cuda"), 2,
      "cell lr=10: not the interrupted command: the kind of device cpu here, cuda"),
     ([], lambda d: d.update(data_fingerprint="other"), 2, "the data differs"),
-    ([], lambda d: d["environment"].update(git_commit="0" * 40), 2, "the code differs"),
+    ([], lambda d: d["environment"]["code"].update(source_sha256="0" * 64), 2,
+     "the code differs"),
     ([], lambda d: d["cells"][0].update(dropped={"after_runs": "3", "why": ""}), 1,
      "its cells, vary or prune are not as sweep writes them"),
     ([], lambda d: d.update(prune="yes"), 1, "its cells, vary or prune are not as"),
@@ -362,6 +363,7 @@ def test_a_sweep_of_another_commit_resumes_when_allowed_and_json_writes_elsewher
         interrupted_sweep, tmp_path):
     path, data = interrupted_sweep
     data["environment"]["git_commit"] = "0" * 40
+    data["environment"]["code"]["source_sha256"] = "0" * 64
     path.write_text(json.dumps(data))
     elsewhere = tmp_path / "whole.json"
     assert cli.main([*PRUNED, "--resume", str(path), "--allow-other-commit",

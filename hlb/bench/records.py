@@ -8,6 +8,7 @@ the same second apart (two identical records share a folder, which loses nothing
 `python main.py runs` prints the table, newest first.
 """
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -17,10 +18,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from hlb.bench.report import jsonable
+from hlb.bench.stats import summarize
 from hlb.errors import HlbError
-from hlb.files import write_atomic
+from hlb.files import reason, write_atomic
+from hlb.train import EpochRow, RunResult
 
 RECORD_FILE = "record.json"
+VERIFICATION_FORMAT = "hlb-cifar10 verification v1"     # hlb.bench.verify's records
 _HINT = "give a file written by main.py --json"
 
 
@@ -29,9 +34,13 @@ def default_runs_dir():
 
 
 def _folder_name(record, text):
-    recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
+    verification = record.get("format") == VERIFICATION_FORMAT
+    part = record.get("entry") if verification else record
+    recipe = part.get("recipe") if isinstance(part, dict) else None
+    recipe = recipe if isinstance(recipe, dict) else {}
     # The name becomes part of a path; keep it to characters every file system accepts.
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(recipe.get("name") or "record"))
+    name = f"verify-{name}" if verification else name
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{digest}"
 
@@ -62,11 +71,22 @@ def _remove_empty(folder):
         pass
 
 
-def load_json(path):
-    """The JSON value in the file at `path`; any problem is one HlbError line naming it."""
+MAX_RECORD_BYTES = 512 * 2**20      # far above any record hlb writes (a 2000-run one: ~20 MB)
+
+
+def _constant(name):
+    raise ValueError(f"{name} is not JSON")    # json.loads would take NaN; we never write it
+
+
+def load_json(path, with_bytes=False):
+    """The JSON value in the file at `path` (and the file's bytes, `with_bytes`); any problem
+    is one HlbError line naming it: missing, a folder, too large, not JSON, nested too deep."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        size = os.stat(path).st_size
+        if size > MAX_RECORD_BYTES:
+            raise HlbError(f"{path} is {size} bytes, more than any record; {_HINT}")
+        raw = Path(path).read_bytes()
+        data = json.loads(raw, parse_constant=_constant)
     except FileNotFoundError:
         raise HlbError(f"no record at {path}; {_HINT}") from None
     except IsADirectoryError:
@@ -77,6 +97,10 @@ def load_json(path):
     except (OSError, UnicodeDecodeError) as e:
         raise HlbError(f"cannot read record {path} ({getattr(e, 'strerror', None) or e})") \
             from None
+    except (RecursionError, ValueError) as e:        # nesting or a number beyond what we read
+        raise HlbError(f"{path} is not a record ({type(e).__name__}: {reason(e)[:80]}); "
+                       f"{_HINT}") from None
+    return (data, raw) if with_bytes else data
 
 
 def read_record(path):
@@ -134,6 +158,76 @@ def _check_runs(record, where):
         seen.add(run)
 
 
+def _fits(value, kind):
+    """Whether a JSON value fits a dataclass field's type (NaN is written as null)."""
+    if kind is float:
+        return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return whole(value, -2**63)
+    return isinstance(value, kind)
+
+
+def _rebuild(cls, row, what, where, hint):
+    """A `cls` (RunResult or EpochRow) from its JSON row, every field there and of its type."""
+    kinds = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "epochs"}
+    missing, extra = sorted(kinds.keys() - row.keys()), sorted(row.keys() - kinds.keys())
+    wrong = [k for k in kinds if k in row and not _fits(row[k], kinds[k])]
+    for problem, keys in (("lacks", missing), ("has unknown", extra), ("has a bad", wrong)):
+        if keys:
+            raise HlbError(f"{where}: {what} {problem} {', '.join(keys)} (cut short or "
+                           f"edited?); {hint}")
+    return cls(**row)
+
+
+def runs_of(record, where, hint=_HINT):
+    """The runs of a checked record (check_record) as RunResults with their epoch rows, every
+    field there and of its type; `where` and `hint` begin and end the one line of a problem."""
+    results = [_rebuild(RunResult, row, f"run {i}", where, hint)
+               for i, row in enumerate(record["runs"])]
+    by_run = {r.run: r for r in results}
+    for i, row in enumerate(record.get("epochs") or []):
+        epoch = _rebuild(EpochRow, row, f"epoch row {i}", where, hint)
+        if epoch.run not in by_run:
+            raise HlbError(f"{where}: epoch row {i} belongs to run {epoch.run}, which is not in "
+                           f"the record (edited?); {hint}")
+        by_run[epoch.run].epochs.append(epoch)
+    return sorted(results, key=lambda r: r.run)
+
+
+def same(a, b):
+    """JSON values equal, numbers up to rounding."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if numbers:
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b and type(a) is type(b)
+
+
+def check_integrity(record, where, hint=_HINT):
+    """Refuse a record whose numbers do not add up, in one line naming what: every run a whole
+    row (runs_of), the runs asked all there unless it says it stopped (or, a sweep's cell, was
+    dropped), and its summary the one its runs give. (check_record has checked run i's seed:
+    seed + i.) Returns its runs."""
+    results = runs_of(record, where, hint)
+    asked = record.get("runs_asked")
+    ended_early = record.get("stopped") is not None or record.get("dropped")
+    if whole(asked, 1) and not ended_early and len(results) != asked:
+        raise HlbError(f"{where}: {len(results)} run(s) where {asked} were asked, and it does "
+                       f"not say it stopped (cut short or edited?); {hint}")
+    summary = record.get("summary")
+    if not isinstance(summary, dict):
+        raise HlbError(f"{where}: it has no summary (cut short or edited?); {hint}")
+    expected = jsonable(dataclasses.asdict(summarize(results)))
+    for key, value in expected.items():
+        if not same(summary.get(key), value):
+            raise HlbError(f"{where}: its summary does not add up: {key} {summary.get(key)!r} "
+                           f"in it, {value!r} from its runs (edited?); {hint}")
+    return results
+
+
 def overrides_of(record):
     """The record's `--set key=value` texts, in order: its "overrides", or for a record
     written before they were kept, the ones in its "argv"."""
@@ -185,6 +279,20 @@ def _row(path, record):
     }
 
 
+def _listed(path):
+    """The row of the record at `path`; a verification's is its rerun's, named so, with its
+    verdict."""
+    data = load_json(path)
+    if not (isinstance(data, dict) and data.get("format") == VERIFICATION_FORMAT):
+        return _row(path, check_record(data, path))
+    entry = data.get("entry") if isinstance(data.get("entry"), dict) else None
+    row = _row(path, check_record(entry, path, " entry"))
+    result = data.get("result") if isinstance(data.get("result"), dict) else {}
+    row["recipe"] = f"verify {row['recipe']}"
+    row["overrides"] = row["overrides"] + [f"({result.get('verdict') or 'no verdict'})"]
+    return row
+
+
 def list_records(runs_dir):
     """One row per runs_dir/*/record.json, newest first.
 
@@ -199,7 +307,7 @@ def list_records(runs_dir):
     good, bad = [], []
     for path in sorted(runs_dir.glob(f"*/{RECORD_FILE}")):
         try:
-            good.append(_row(path, read_record(path)))
+            good.append(_listed(path))
         except (HlbError, OSError) as e:
             bad.append({"path": path, "date": "", "recipe": "", "n": 0, "diverged": 0,
                         "acc_mean": math.nan, "time_mean": math.nan, "overrides": [],

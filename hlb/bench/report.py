@@ -4,16 +4,14 @@ import dataclasses
 import json
 import math
 import platform
-import re
 import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from hlb import __version__
+from hlb.bench.code import identity
 from hlb.files import write_atomic
 
 COLUMNS = [("run", 5), ("epoch", 5), ("train_loss", 10), ("train_acc", 9), ("val_loss", 8),
@@ -270,27 +268,18 @@ def summary_lines(record):
     return lines
 
 
-def git_commit():
-    """The commit of the code that runs (None outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
-        commit = out.stdout.strip()
-        # Outside a checkout git may echo "HEAD" back; keep only a real commit id.
-        return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def environment():
+    """Where and with what the runs ran; `code` says which code (hlb.bench.code)."""
     cuda = torch.cuda.is_available()
+    code = identity()
     return {
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name() if cuda else None,
         "python": platform.python_version(),
         "hostname": socket.gethostname(),
-        "git_commit": git_commit(),
+        "git_commit": code["git_commit"],
+        "code": code,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -2,7 +2,7 @@
 
 The record, rewritten after every round, holds the runs that finished and how many were asked
 (`runs_asked`). A resume checks that its command is the interrupted one (recipe, overrides,
-seed, runs, target, kind of device, data, and code commit unless allowed to differ), puts the
+seed, runs, target, kind of device, data, and code unless allowed to differ), puts the
 finished runs back into the prepared record as they were, and the runner runs only the others
 (hlb.bench.runs.run_rounds skips runs already in a record). A file that is not as main.py wrote it
 (cut short, edited) is refused in one line, as is a command that differs.
@@ -11,40 +11,19 @@ Three kinds of record resume alike (`parts` names the records in each): main.py'
 compare record (arms a and b) and a sweep record (the base, then each cell: hlb.bench.sweep).
 """
 
-import dataclasses
 import json
 
 from hlb.errors import HlbError, UsageError
-from hlb.bench.records import check_record, load_json, whole
-from hlb.bench.report import git_commit, jsonable
+from hlb.bench.records import (VERIFICATION_FORMAT, check_integrity, check_record, load_json,
+                               runs_of, whole)
+from hlb.bench.code import describe, identity
+from hlb.bench.report import jsonable
 from hlb.bench.sweep import FORMAT as SWEEP_FORMAT
-from hlb.train import EpochRow, RunResult
 
 _HINT = "run the command again without --resume"
 # What a resumable record holds besides its runs, and the kind of each.
 _PARTS = {"recipe": dict, "overrides": list, "seed": int, "runs_asked": int,
           "data_fingerprint": str, "device": str, "environment": dict}
-
-
-def _fits(value, kind):
-    """Whether a JSON value fits a dataclass field's type (NaN is written as null)."""
-    if kind is float:
-        return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        return whole(value, -2**63)
-    return isinstance(value, kind)
-
-
-def _rebuild(cls, row, what, path):
-    """A `cls` (RunResult or EpochRow) from its JSON row, every field there and of its type."""
-    kinds = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "epochs"}
-    missing, extra = sorted(kinds.keys() - row.keys()), sorted(row.keys() - kinds.keys())
-    wrong = [k for k in kinds if k in row and not _fits(row[k], kinds[k])]
-    for problem, keys in (("lacks", missing), ("has unknown", extra), ("has a bad", wrong)):
-        if keys:
-            raise HlbError(f"--resume {path}: {what} {problem} {', '.join(keys)} (cut short or "
-                           f"edited?); {_HINT}")
-    return cls(**row)
 
 
 def _check_parts(record, where):
@@ -61,22 +40,18 @@ def _check_parts(record, where):
 
 def results_of(record, path, arm=""):
     """The finished runs of a checked record, as RunResults with their epoch rows."""
-    results = [_rebuild(RunResult, row, f"run {i}", f"{path}{arm}")
-               for i, row in enumerate(record["runs"])]
-    by_run = {r.run: r for r in results}
-    for i, row in enumerate(record.get("epochs") or []):
-        epoch = _rebuild(EpochRow, row, f"epoch row {i}", f"{path}{arm}")
-        if epoch.run not in by_run:
-            raise HlbError(f"--resume {path}{arm}: epoch row {i} belongs to run {epoch.run}, "
-                           f"which is not in the record (edited?); {_HINT}")
-        by_run[epoch.run].epochs.append(epoch)
-    return sorted(results, key=lambda r: r.run)
+    return runs_of(record, f"--resume {path}{arm}", _HINT)
 
 
 def _kind(data):
+    if isinstance(data, dict) and data.get("format") == VERIFICATION_FORMAT:
+        return "verification"
     if isinstance(data, dict) and "comparison" in data:
         return "compare"
     return "sweep" if isinstance(data, dict) and data.get("format") == SWEEP_FORMAT else "record"
+
+
+_COMMANDS = {"record": "", "compare": "compare ", "sweep": "sweep ", "verification": "verify "}
 
 
 def _is_drop(drop):
@@ -102,6 +77,8 @@ def parts(data, kind):
     """The records a read record holds, each with how messages name it: (record, label)."""
     if kind == "compare":
         return [(data.get(a), f" arm {a}") for a in "ab"]
+    if kind == "verification":
+        return [(data.get("entry"), " entry"), (data.get("baseline"), " baseline")]
     if kind == "sweep":     # a cell keeps its runs; the sweep, what the cells share
         shared = {k: data.get(k) for k in ("argv", "environment")}
         return [(data, "")] + [({**cell, **shared}, f" cell {cell['name']}")
@@ -110,21 +87,20 @@ def parts(data, kind):
 
 
 def read(path, kind="record"):
-    """The record at `path` of `kind` ("record": main.py's, "compare" or "sweep"), checked
-    whole, every part (`parts`). Any problem is one HlbError line."""
+    """The record at `path` of `kind` ("record": main.py's, "compare", "sweep" or
+    "verification"), checked whole, every part (`parts`). Any problem is one HlbError line."""
     data = load_json(path)
     found = _kind(data)
     if found != kind:
-        said, command = ((f"is not a {kind}", "") if found == "record" else
-                         (f"is a {found}", f"{found} "))
+        said = f"is not a {kind}" if found == "record" else f"is a {found}"
         raise UsageError(f"--resume {path} {said} record; resume it with python main.py "
-                         f"{command}... --resume")
+                         f"{_COMMANDS[found]}... --resume")
     if kind == "sweep":
         _check_sweep(data, path)
     for record, label in parts(data, kind):
         check_record(record, path, label)
         _check_parts(record, f"{path}{label}")
-        results_of(record, path, label)         # checks every run and epoch row
+        check_integrity(record, f"--resume {path}{label}", _HINT)   # every run and the sums
     return data
 
 
@@ -182,13 +158,25 @@ def check_grid(data, path, grid):
                        f"{_HINT}")
 
 
-def check_commit(record, path, allow_other):
-    """Refuse a record written by other code, unless `allow_other`."""
-    env = record["environment"]
-    theirs, ours = env.get("git_commit"), git_commit()
-    if theirs != ours and not allow_other:
-        raise UsageError(f"--resume {path}: the code differs: commit {ours} here, {theirs} in "
-                         f"the record; check out {theirs} or give --allow-other-commit")
+def same_code(record, ours):
+    """Whether `record` ran the code that `ours` (hlb.bench.code.identity) names: the same
+    package source; for a record that kept no source hash, the same commit."""
+    theirs = record["environment"].get("code")
+    if isinstance(theirs, dict) and theirs.get("source_sha256"):
+        return theirs["source_sha256"] == ours["source_sha256"]
+    return record["environment"].get("git_commit") == ours["git_commit"]
+
+
+def check_code(record, path, allow_other):
+    """Refuse a record written by other code (another commit, or uncommitted edits that are
+    not the tree's), unless `allow_other`."""
+    ours = identity()
+    if not allow_other and not same_code(record, ours):
+        env = record["environment"]
+        theirs = env.get("code") or {"git_commit": env.get("git_commit")}
+        raise UsageError(f"--resume {path}: the code differs: {describe(ours)} here, "
+                         f"{describe(theirs)} in the record; check out its commit (and apply "
+                         "its diff) or give --allow-other-commit")
 
 
 def check_data(record, path, fingerprint):
