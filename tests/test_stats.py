@@ -3,8 +3,9 @@ import math
 import pytest
 
 from hlb.bench.stats import (above_target, betainc, confidence_interval, holm_adjust, mean,
-                             normal_cdf, normal_quantile, one_sided_p, paired_test, runs_needed,
-                             std, t_cdf, t_quantile, welch_test)
+                             normal_cdf, normal_quantile, one_sided_p, paired_test,
+                             ratio_of_means, runs_needed, std, t_cdf, t_quantile,
+                             welch_from_summaries, welch_test)
 from hlb.errors import UsageError
 
 
@@ -202,3 +203,27 @@ def test_above_target_matches_the_t_table():
     assert above_target([0.93, 0.95], 0.94)[1] == pytest.approx(0.5)
     assert above_target([0.92, 0.93, 0.94], 0.94)[1] == pytest.approx(0.8873, abs=1e-4)
     assert all(math.isnan(v) for v in above_target([0.95], 0.94) + above_target([0.5] * 3, 0.9))
+
+
+def test_welch_from_summaries_is_welch_on_the_values():
+    a, b = [0.93, 0.94, 0.95, 0.94], [0.91, 0.95, 0.92]
+    direct = welch_test(a, b)
+    summed = welch_from_summaries((4, mean(a), std(a)), (3, mean(b), std(b)))
+    assert summed == direct
+    assert math.isnan(welch_from_summaries((1, 0.9, 0.0), (5, 0.9, 0.01)).p_value)
+
+
+def test_a_ratio_of_paired_means_and_its_interval():
+    # Exactly proportional pairs: the ratio is known without doubt.
+    base = [1.0, 1.2, 0.9, 1.1]
+    ratio, (lo, hi) = ratio_of_means([0.8 * x for x in base], base)
+    assert ratio == pytest.approx(0.8) and lo == pytest.approx(0.8) and hi == pytest.approx(0.8)
+    # By hand: a = [2, 3, 4], b = [2, 2, 2]: R = 1.5, a - R b = [-1, 0, 1] (std 1),
+    # se = 1 / (sqrt(3) * 2), half-width t(0.975, 2) = 4.3027 times that.
+    ratio, (lo, hi) = ratio_of_means([2.0, 3.0, 4.0], [2.0, 2.0, 2.0])
+    half = 4.302652729911275 / (math.sqrt(3) * 2)
+    assert ratio == 1.5 and lo == pytest.approx(1.5 - half, rel=1e-6)
+    assert hi == pytest.approx(1.5 + half, rel=1e-6)
+    assert math.isnan(ratio_of_means([1.0], [2.0])[1][0])
+    with pytest.raises(UsageError):
+        ratio_of_means([1.0, 2.0], [1.0])

@@ -25,15 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hlb.bench import resume
+from hlb.bench.board import board_lines, plot_board, read_board
 from hlb.bench.compare import compare, compare_records, comparison_dict, comparison_lines
 from hlb.bench.dist import world_from_env
 from hlb.bench.overrides import override
 from hlb.bench.plot import plot_records
-from hlb.bench.records import default_runs_dir, list_records, records_table, save_record
-from hlb.bench.report import Progress, Table, record_dict, summary_lines, write_json_atomic
+from hlb.bench.records import (default_runs_dir, list_records, load_json, records_table,
+                               save_record)
+from hlb.bench.report import (Progress, Table, jsonable, record_dict, summary_lines,
+                              write_json_atomic)
 from hlb.bench.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
 from hlb.bench.saved import evaluate_saved, save
 from hlb.bench.sweep import SweepRun, make_grid, sweep_dict, table_lines
+from hlb.bench.verify import (check_code, check_data, claimed, judge, read_claim, result_lines,
+                              verification_dict)
 from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
 from hlb.files import reason
 from hlb.recipes import RECIPES, get_recipe
@@ -64,15 +69,21 @@ def _seed(text):
 
 
 def _add_run_flags(p, recipe_help, runs, runs_help, json_help, set_help=None):
-    """The flags of every command that trains: the recipe, how many runs, where, which seeds
-    and data, where the record goes, and --resume to go on after an interruption."""
+    """The flags of every command that trains: the recipe, how many runs, which seeds, and
+    (`_add_place_flags`) where it runs and where its record goes."""
     p.add_argument("--recipe", default="94", help=f"{recipe_help} (default 94)")
     if set_help:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--runs", type=int, default=runs, help=f"{runs_help} (default {runs})")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of run 0; run i uses seed+i")
+    _add_place_flags(p, json_help)
+
+
+def _add_place_flags(p, json_help):
+    """Where it runs, on which data, where the record goes, and --resume to go on after an
+    interruption."""
     p.add_argument("--device", default=None,
                    help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of run 0; run i uses seed+i")
     p.add_argument("--data-dir", default=None,
                    help="where CIFAR-10 lives or is downloaded to "
                         "(default $HLB_DATA_DIR, else ./data)")
@@ -87,14 +98,14 @@ def _add_run_flags(p, recipe_help, runs, runs_help, json_help, set_help=None):
                         "nothing had happened (--json writes elsewhere instead); the record is "
                         "kept under runs/ as usual")
     p.add_argument("--allow-other-commit", action="store_true",
-                   help="let --resume go on with code of another git commit")
+                   help="let --resume go on with other code (another commit, other edits)")
 
 
 def build_parser():
     p = _Parser(prog=_prog(),
                 description="Train a network on CIFAR-10 and report accuracy and time. "
-                            "Other commands: compare, sweep, eval, plot, runs (each with "
-                            "--help).")
+                            "Other commands: compare, sweep, verify, board, eval, plot, runs "
+                            "(each with --help).")
     _add_run_flags(p, f"one of: {', '.join(RECIPES)}", 1, "timed runs",
                    "write the full record here",
                    "override a recipe value, e.g. --set epochs=8 (repeatable)")
@@ -190,8 +201,8 @@ def main(argv=None):
     world = None
     try:
         world = world_from_env()              # None when not under torchrun
-        command = {"compare": _compare, "eval": _eval, "plot": _plot, "runs": _runs,
-                   "sweep": _sweep}.get(argv[0] if argv else "")
+        command = {"board": _board, "compare": _compare, "eval": _eval, "plot": _plot,
+                   "runs": _runs, "sweep": _sweep, "verify": _verify}.get(argv[0] if argv else "")
         with _sigterm_as_ctrl_c(world):
             return command(argv[1:]) if command else _main(argv)
     except HlbError as e:
@@ -246,7 +257,7 @@ def report_unexpected(error, folder):
 class Command:
     """A command that trains, as `_train` runs it: what it prepares, what it shows and keeps,
     and how it ends."""
-    kind: str               # what its --resume record is: "record", "compare", "sweep"
+    kind: str               # its --resume record: "record", "compare", "sweep", "verification"
     arms: list              # (recipe, overrides) of each recipe it runs, interleaved
     banner: object          # device -> the first line, printed before the data is loaded
     listeners: list         # one per arm: what each shows while it runs
@@ -258,6 +269,7 @@ class Command:
     on_round: object = None  # (records, finished) -> the arms to stop (a sweep's pruning)
     grid: object = None     # a sweep's grid, which --resume checks too
     restored: object = None  # (saved parts, records, leader) -> the arms stopped before
+    data_check: object = None  # (data fingerprint) -> raises if the runs cannot use this data
 
 
 def _train(args, command):
@@ -270,6 +282,8 @@ def _train(args, command):
         if scheduler.leader:
             print(command.banner(device) + _spread(scheduler), flush=True)
         cifar = scheduler.load_data(args.data_dir)
+        if command.data_check:
+            command.data_check(cifar.fingerprint)
         prepared = [PreparedRecipe(recipe, scheduler.device, cifar, args.seed, overrides)
                     for recipe, overrides in command.arms]
         stopped = _restore(saved, prepared, args.resume, cifar.fingerprint, scheduler.leader,
@@ -306,7 +320,7 @@ def _check_start(args, command, device, scheduler):
         for (record, label), (recipe, overrides) in zip(parts, command.arms):
             resume.check_same(record, args.resume + label, recipe, overrides, args.seed,
                               args.runs, command.target_acc, device)
-            resume.check_commit(record, args.resume + label, args.allow_other_commit)
+            resume.check_code(record, args.resume + label, args.allow_other_commit)
         return parts
 
     return scheduler.on_leader(work)
@@ -546,4 +560,95 @@ def _runs(argv):
     args = p.parse_args(argv)
     runs_dir = Path(args.dir) if args.dir else default_runs_dir()
     print("\n".join(records_table(list_records(runs_dir), runs_dir)))
+    return 0
+
+
+def build_verify_parser():
+    p = _Parser(prog=_prog("verify"),
+                description="Run a record's recipe again here, interleaved with a baseline and "
+                            "with the record's seeds, and say whether its claim holds: its "
+                            "accuracy (consistent with the claim, above its recipe's target) "
+                            "and its time ratio to the baseline. Writes a verification record "
+                            "(kept under runs/; `board` ranks them).")
+    p.add_argument("record", metavar="RECORD.json",
+                   help="a record written by main.py --json, compare --json (arm b is the "
+                        "entry, arm a its baseline) or verify --json")
+    p.add_argument("--runs", type=int, default=None,
+                   help="at most this many runs of each (default: the record's finished runs)")
+    p.add_argument("--baseline", default=None, metavar="FLAGS",
+                   help="the baseline's flags, e.g. \"--recipe 94sgd\" (default: the record's "
+                        "own baseline, else recipe 94 of this code)")
+    _add_place_flags(p, "write the verification record here")
+    return p
+
+
+def _verify(argv):
+    """`verify RECORD.json`: integrity, code and data first, then the reruns (hlb.bench.verify)."""
+    args = build_verify_parser().parse_args(argv)
+    data, checked, sha256 = read_claim(args.record)
+    check_code(data, args.record)
+    claim = claimed(args.record, sha256, checked)
+    entry = arm_recipe(" ".join(["--recipe", shlex.quote(claim["recipe"])]
+                                + [f"--set {shlex.quote(o)}" for o in claim["overrides"]]),
+                       "94", f"{args.record}: its recipe", "--recipe")
+    if jsonable(entry[0].to_dict()) != jsonable(checked[0][0]["recipe"]):
+        raise HlbError(f"{args.record}: its recipe values are not those its name and --set "
+                       "give here (edited?)")
+    flags = args.baseline if args.baseline is not None else claim["baseline"] or ""
+    baseline = arm_recipe(flags, "94", "--baseline", "--baseline")
+    if args.runs is not None and args.runs < 2:
+        raise UsageError(f"--runs must be at least 2 to verify, not {args.runs}")
+    args.runs, args.seed = min(args.runs or claim["n"], claim["n"]), claim["seed"]
+    if args.resume:
+        resumed = load_json(args.resume)
+        if isinstance(resumed, dict) and (resumed.get("claim") or {}).get("sha256") != sha256:
+            raise UsageError(f"--resume {args.resume}: it verified another claim than "
+                             f"{args.record}; give the record it verified")
+
+    def data_of(records, scheduler):
+        return with_dist(verification_dict(claim, records[0], records[1], argv), scheduler)
+
+    def lines(records, error):
+        out = [f"{name}: " + "\n".join(summary_lines(record))
+               for name, record in zip(("entry", "baseline"), records)]
+        return out + result_lines(verification_dict(claim, records[0], records[1], argv))
+
+    def end(records, error, folder):
+        status = finish(records, error, folder)
+        verdict = judge(claim, entry[0].target, records[0].results, records[1].results,
+                        records[0].device)["verdict"]
+        return status or (0 if verdict == "verified" else 1)
+
+    progress = Progress("fewer --runs")
+    return _train(args, Command(
+        kind="verification", arms=[entry, baseline],
+        banner=lambda device: f"hlb-cifar10 verify {args.record}: recipe {claim['recipe']} "
+                              f"{' '.join(claim['overrides'])}".rstrip()
+                              + f" against the baseline {flags or '--recipe 94'}; "
+                              f"{args.runs} runs each, interleaved, the claim's seeds "
+                              f"{args.seed}..{args.seed + args.runs - 1}",
+        listeners=[Table(label=name, progress=progress) for name in ("entry", "base ")],
+        data_check=lambda fingerprint: check_data(data, args.record, fingerprint),
+        data_of=data_of, lines=lines, end=end,
+        keep=lambda data, args: keep(data, record_path(args), args.no_save, "verification")))
+
+
+def _board(argv):
+    p = _Parser(prog=_prog("board"),
+                description="A leaderboard of verification records (verify --json, or kept "
+                            "under runs/), as Markdown: verified entries ranked by target and "
+                            "time ratio, the rest apart with their reason.")
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="folders (or files) to read "
+                   "(default: the runs folder, $HLB_RUNS_DIR or ./runs)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also draw accuracy against time ratio, with intervals")
+    args = p.parse_args(argv)
+    dirs = [Path(d) for d in args.dirs] or [default_runs_dir()]
+    missing = [str(d) for d in dirs if not d.exists()]
+    if missing:
+        raise UsageError(f"no such folder or file: {', '.join(missing)}")
+    entries, broken, skipped = read_board(dirs)
+    print("\n".join(board_lines(entries, broken, skipped)))
+    if args.plot:
+        print(f"plot written to {plot_board(entries, args.plot)}")
     return 0

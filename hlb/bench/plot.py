@@ -2,18 +2,19 @@
 
     python main.py plot a.json b.json -o plot.png
 
-Tooling beside the recipe: it reads the JSON records that `main.py --json` writes and never
-imports the training code. Needs matplotlib (requirements-plot.txt), imported only when called.
+Tooling beside the recipe: it draws what the JSON records of `main.py --json` hold. Needs
+matplotlib (requirements-plot.txt), imported only when called.
 """
 
 import math
 import random
 from pathlib import Path
 
-from hlb.errors import HlbError, UsageError
-from hlb.files import write_atomic
 from hlb.bench.records import number, overrides_of, read_record
 from hlb.bench.stats import confidence_interval, mean, std
+from hlb.bench.sweep import FORMAT as SWEEP_FORMAT
+from hlb.errors import HlbError, UsageError
+from hlb.files import write_atomic
 
 INSTALL_HINT = "plotting needs matplotlib: python -m pip install -r requirements-plot.txt"
 DPI = 120
@@ -238,9 +239,24 @@ def _save_atomic(fig, out):
         raise HlbError(f"could not write the plot {out} ({e.strerror or e})") from None
 
 
-# A sweep record (hlb.bench.sweep, `main.py sweep`): one point per cell, and a heat map of two keys.
+def figure(size):
+    """(a figure with its own canvas, no pyplot; its one axes), for other tools' plots."""
+    Figure, FigureCanvasAgg, _ = _matplotlib()
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
 
-SWEEP_FORMAT = "hlb-cifar10 sweep v1"
+
+def save_png(fig, out_png):
+    """Write `fig` to out_png atomically (its folder must exist); return the path."""
+    out = Path(out_png)
+    if not out.parent.is_dir():
+        raise HlbError(f"cannot write the plot {out}: folder {out.parent} does not exist")
+    _save_atomic(fig, out)
+    return out
+
+
+# A sweep record (hlb.bench.sweep, `main.py sweep`): one point per cell, and a heat map of two keys.
 
 
 def _sweep_cells(record):

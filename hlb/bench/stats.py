@@ -196,15 +196,41 @@ def welch_test(a, b):
 
     Needs two values in each arm; with fewer, diff may be known but the rest is NaN.
     """
-    diff = mean(b) - mean(a) if a and b else math.nan
-    if len(a) < 2 or len(b) < 2:
+    return welch_from_summaries(*(_described(x) for x in (a, b)))
+
+
+def _described(xs):
+    return (len(xs), mean(xs) if xs else math.nan, std(xs))
+
+
+def welch_from_summaries(a, b):
+    """welch_test from each arm's (n, mean, sample std) alone: what a record's summary keeps."""
+    (na, ma, sa), (nb, mb, sb) = a, b
+    diff = mb - ma if na and nb else math.nan
+    if na < 2 or nb < 2:
         return _t_test("Welch", diff, math.nan, math.nan)
-    va, vb = std(a) ** 2 / len(a), std(b) ** 2 / len(b)
+    va, vb = sa ** 2 / na, sb ** 2 / nb
     if va + vb == 0:
-        df = len(a) + len(b) - 2               # the formula is 0/0; take the pooled df
+        df = na + nb - 2                       # the formula is 0/0; take the pooled df
     else:
-        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
     return _t_test("Welch", diff, math.sqrt(va + vb), df)
+
+
+def ratio_of_means(a, b, level=0.95):
+    """mean(a) / mean(b) over pairs (a_i, b_i) (the times of two arms, run by run), with a
+    Student-t interval by the delta method: the spread of a_i - R b_i, over sqrt(n) mean(b),
+    n - 1 degrees of freedom. Returns (R, (lo, hi)); the interval is NaN below two pairs."""
+    if len(a) != len(b):
+        raise UsageError(f"a ratio of paired means needs pairs, not {len(a)} and {len(b)}")
+    if not a:
+        return math.nan, (math.nan, math.nan)
+    ratio = mean(a) / mean(b)
+    if len(a) < 2:
+        return ratio, (math.nan, math.nan)
+    spread = std([x - ratio * y for x, y in zip(a, b)]) / (math.sqrt(len(a)) * mean(b))
+    half = t_quantile(0.5 + level / 2, len(a) - 1) * spread
+    return ratio, (ratio - half, ratio + half)
 
 
 def paired_test(a, b, level=0.95):
