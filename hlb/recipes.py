@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from hlb.augment import AUGMENTATIONS
 from hlb.errors import UsageError
 from hlb.knobs import FLAG, Ints, Names, OneOf, Span, field_problems, knob
+from hlb.model import ACTIVATIONS
 
 IMAGE_SIDE = 32                  # CIFAR-10 images are 32 x 32 pixels
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
@@ -45,7 +46,7 @@ class Recipe:
     # Network (hlb.model)
     widths: tuple = knob((64, 256, 256), Ints(3, 1, 4096))  # channels of the three conv groups
     convs_per_group: int = knob(2, OneOf((2, 3)))       # 3: a third conv and a residual
-    activation: str = knob("gelu", OneOf(("gelu", "silu", "relu")))  # in the conv groups
+    activation: str = knob("gelu", OneOf(ACTIVATIONS))  # in the conv groups (hlb.model)
     whiten_kernel: int = knob(2, Span(1, IMAGE_SIDE - 7))  # pixels a side of a whitening patch
     whiten_eps: float = knob(5e-4, Span(1e-12, 1e6))    # added to the patch eigenvalues
     whiten_init_images: int = knob(5000, Span(1, CIFAR_TRAIN))  # whose patches set it

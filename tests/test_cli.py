@@ -30,6 +30,8 @@ def run_main(*args, env=None, timeout=300):
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--json", "/no/such/folder/r.json"], "does not exist"),
+    (["--accuracy-only", "--target-acc", "0.9"], "--accuracy-only does not report"),
+    (["verify"], "the following arguments are required: RECORD.json"),
 ])
 def test_usage_errors_are_one_line_with_status_2(args, message, tmp_path):
     result = run_main(*args, "--data-dir", str(tmp_path), timeout=60)

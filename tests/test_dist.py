@@ -292,3 +292,31 @@ def test_work_on_rank_0_is_shared_and_its_failure_stops_everyone(monkeypatch):
         assert refused.value.exit_code == 2
         with pytest.raises(ZeroDivisionError):
             scheduler.on_leader(lambda: 1 / 0)
+
+
+def test_accuracy_mode_over_two_processes_gives_the_accuracies_of_one(single, cifar_dir,
+                                                                       tmp_path, capsys):
+    out = tmp_path / "acc.json"
+    result = run([*_torchrun(2), *TINY, "--runs", "4", "--no-save", "--accuracy-only",
+                  "--data-dir", str(cifar_dir), "--json", str(out)])
+    assert result.returncode == 0, result.stderr
+    assert "time: not reported (accuracy mode" in result.stdout
+    record = json.loads(out.read_text())
+    assert record["accuracy_only"] and record["dist"]["world_size"] == 2
+    # Each run equals the plain single-process run with its seed: the same training and
+    # the same final accuracies (tests/test_train.py: the per-epoch evaluation left out).
+    for ours, theirs in zip(record["runs"], single["runs"]):
+        assert (ours["seed"], ours["tta_acc"], ours["val_acc"]) == (
+            theirs["seed"], theirs["tta_acc"], theirs["val_acc"])
+    assert [e["train_loss"] for e in record["epochs"]] == [
+        e["train_loss"] for e in single["epochs"]]
+
+
+def test_processes_that_share_gpus_take_turns_and_talk_over_gloo():
+    from hlb.bench.dist import placement
+    assert placement(3, "cuda", True, 1) == ("cuda:0", "gloo")
+    assert placement(5, "cuda", True, 2) == ("cuda:1", "gloo")
+    assert placement(1, "cuda", False, 2) == ("cuda:1", "nccl")
+    assert placement(2, "cpu", False, 0) == ("cpu", "gloo")
+    with pytest.raises(HlbError, match="only 1 GPU.*or share them with --accuracy-only"):
+        placement(1, "cuda", False, 1)

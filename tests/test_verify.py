@@ -123,6 +123,17 @@ def test_a_file_that_is_not_a_claim_is_one_line(tmp_path, capsys, text, message)
     assert path.read_text() == text
 
 
+def test_missing_files_and_folders_are_one_line(tmp_path, capsys):
+    assert main(["verify", str(tmp_path / "none.json")]) == 1
+    assert "no record at" in _one_line(capsys)
+    assert main(["verify", str(tmp_path / "none.json"), "--runs", "1"]) == 1   # read first
+    capsys.readouterr()
+    assert main(["board", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder or file" in _one_line(capsys)
+    assert main(["board", str(tmp_path)]) == 0                     # an empty folder: no entry
+    assert "no verified entry yet" in capsys.readouterr().out
+
+
 def test_the_time_ratio_is_judged_against_the_claim_on_the_same_kind_of_device():
     def runs(times):
         return [RunResult(run=i, seed=i, tta_acc=0.95 + i / 1000, train_time_s=t)

@@ -112,6 +112,10 @@ def build_parser():
     p.add_argument("--target-acc", type=float, default=None, metavar="ACC",
                    help="stop each run at the first epoch whose TTA accuracy reaches ACC "
                         "(a fraction, e.g. 0.94); the check is timed")
+    p.add_argument("--accuracy-only", action="store_true",
+                   help="measure accuracy alone: no per-epoch evaluation, and times not "
+                        "reported, so that under torchrun several processes may share one GPU "
+                        "(e.g. --nproc_per_node=4 on a machine with one)")
     p.add_argument("--save-model", default=None, metavar="PATH",
                    help="save the final network of the last run (if it finished) as "
                         "safetensors, with the recipe and results; `eval PATH` tests it")
@@ -270,6 +274,7 @@ class Command:
     grid: object = None     # a sweep's grid, which --resume checks too
     restored: object = None  # (saved parts, records, leader) -> the arms stopped before
     data_check: object = None  # (data fingerprint) -> raises if the runs cannot use this data
+    accuracy_only: bool = False  # no per-epoch evaluation, no times; processes may share GPUs
 
 
 def _train(args, command):
@@ -277,14 +282,15 @@ def _train(args, command):
     the runs; then, on rank 0, the lines, the record kept, and the exit status."""
     wall = time.perf_counter()
     device = resolve_device(args.device)
-    with scheduler_for(device) as scheduler:
+    with scheduler_for(device, command.accuracy_only) as scheduler:
         saved = _check_start(args, command, device, scheduler)
         if scheduler.leader:
             print(command.banner(device) + _spread(scheduler), flush=True)
         cifar = scheduler.load_data(args.data_dir)
         if command.data_check:
             command.data_check(cifar.fingerprint)
-        prepared = [PreparedRecipe(recipe, scheduler.device, cifar, args.seed, overrides)
+        prepared = [PreparedRecipe(recipe, scheduler.device, cifar, args.seed, overrides,
+                                   command.accuracy_only)
                     for recipe, overrides in command.arms]
         stopped = _restore(saved, prepared, args.resume, cifar.fingerprint, scheduler.leader,
                            command)
@@ -319,7 +325,7 @@ def _check_start(args, command, device, scheduler):
         parts = resume.parts(data, command.kind)
         for (record, label), (recipe, overrides) in zip(parts, command.arms):
             resume.check_same(record, args.resume + label, recipe, overrides, args.seed,
-                              args.runs, command.target_acc, device)
+                              args.runs, command.target_acc, device, command.accuracy_only)
             resume.check_code(record, args.resume + label, args.allow_other_commit)
         return parts
 
@@ -421,6 +427,9 @@ def _main(argv):
         raise UsageError(f"--runs must be at least 1, not {args.runs}")
     if args.target_acc is not None and not 0 < args.target_acc <= 1:
         raise UsageError(f"--target-acc is a fraction in (0, 1], not {args.target_acc}")
+    if args.target_acc is not None and args.accuracy_only:
+        raise UsageError("--target-acc measures the time to a target, which --accuracy-only "
+                         "does not report; give one or the other")
     _check_save_model(args.save_model)
 
     def end(records, error, folder):
@@ -434,6 +443,7 @@ def _main(argv):
 
     return _train(args, Command(
         kind="record", arms=[(recipe, args.set)], target_acc=args.target_acc,
+        accuracy_only=args.accuracy_only,
         banner=lambda device: f"hlb-cifar10: recipe {recipe.name}, {args.runs} run(s) on "
                               f"{device}",
         listeners=[Table(progress=Progress(_quicker(recipe)))],
@@ -619,7 +629,8 @@ def _verify(argv):
                         records[0].device)["verdict"]
         return status or (0 if verdict == "verified" else 1)
 
-    progress = Progress("fewer --runs")
+    # The default baseline, recipe 94, takes hours a run on a CPU.
+    progress = Progress("--baseline \"--recipe smoke\"" if not flags else "fewer --runs")
     return _train(args, Command(
         kind="verification", arms=[entry, baseline],
         banner=lambda device: f"hlb-cifar10 verify {args.record}: recipe {claim['recipe']} "

@@ -79,15 +79,16 @@ def timeout_s(environ=None):
 
 
 @contextmanager
-def joined(device):
+def joined(device, share_gpus=False):
     """Join torchrun's process group for `device` ("cuda" or "cpu") and yield a Group;
-    yield None when not under torchrun. A SIGTERM or a broken collective that escapes the
-    block becomes a one-line HlbError (on rank 0) naming the rank that stopped, if it can."""
+    yield None when not under torchrun. `share_gpus`: more processes than GPUs may run, each
+    on GPU local_rank % count (see `placement`). A SIGTERM or a broken collective that escapes
+    the block becomes a one-line HlbError (on rank 0) naming the rank that stopped, if it can."""
     world = world_from_env()
     if world is None:
         yield None
         return
-    group = Group(world, device, timeout_s())
+    group = Group(world, device, timeout_s(), share_gpus)
     try:
         group.start()
         yield group
@@ -123,29 +124,40 @@ def _short(e):
     return text.split(". ")[0].rstrip(".") or type(e).__name__
 
 
+def placement(local_rank, device, share_gpus, gpus):
+    """(this process's device, the process group's backend). One GPU per process talks over
+    nccl; processes that share GPUs (accuracy mode) talk over gloo, since nccl takes one
+    process per GPU, and what they say is a few kilobytes of JSON a round."""
+    if device != "cuda":
+        return "cpu", "gloo"
+    if share_gpus:
+        return f"cuda:{local_rank % gpus}", "gloo"
+    if local_rank >= gpus:
+        # Not a UsageError: rank 0 may not share it, so this rank says it itself.
+        raise HlbError(f"LOCAL_RANK {local_rank} but only {gpus} GPU(s) are visible here; "
+                       "start at most that many processes per machine (--nproc_per_node), "
+                       "or share them with --accuracy-only", 2)
+    return f"cuda:{local_rank}", "nccl"
+
+
 class Group:
     """This process's place among torchrun's workers: its rank, device and process group."""
 
-    def __init__(self, world, device, timeout):
+    def __init__(self, world, device, timeout, share_gpus=False):
         self.world = world
         self.timeout = timeout
         self.stopping = False        # set once the run is ending; later SIGTERMs are ignored
         self.peers = []              # every rank's host, pid and GPU, once started
         self._old_sigterm = None
-        if device == "cuda":
-            if world.local_rank >= torch.cuda.device_count():
-                # Not a UsageError: rank 0 may not share it, so this rank says it itself.
-                raise HlbError(f"LOCAL_RANK {world.local_rank} but only "
-                               f"{torch.cuda.device_count()} GPU(s) are visible here; start "
-                               "at most that many processes per machine (--nproc_per_node)", 2)
-            self.device, self.backend = f"cuda:{world.local_rank}", "nccl"
-        else:
-            self.device, self.backend = "cpu", "gloo"
+        gpus = torch.cuda.device_count() if device == "cuda" else 0
+        self.device, self.backend = placement(world.local_rank, device, share_gpus, gpus)
+        # Where the exchanged tensors live: nccl moves only tensors on the rank's GPU.
+        self.wire = self.device if self.backend == "nccl" else "cpu"
 
     def start(self):
         """Take over SIGTERM, join the process group, and meet the other ranks."""
         self._old_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
-        cuda = self.backend == "nccl"
+        cuda = self.device.startswith("cuda")
         if cuda:
             torch.cuda.set_device(self.device)
         try:
@@ -190,12 +202,12 @@ class Group:
     def exchange(self, obj):
         """Every rank's `obj` (JSON values), in rank order, on every rank."""
         data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
-        data = data.to(self.device)          # nccl moves only tensors on the rank's GPU
-        size = torch.tensor([data.numel()], device=self.device)
+        data = data.to(self.wire)
+        size = torch.tensor([data.numel()], device=self.wire)
         sizes = [torch.zeros_like(size) for _ in range(self.world.size)]
         self._wait(dist.all_gather(sizes, size, async_op=True))
         sizes = [int(s.item()) for s in sizes]
-        padded = torch.zeros(max(sizes), dtype=torch.uint8, device=self.device)
+        padded = torch.zeros(max(sizes), dtype=torch.uint8, device=self.wire)
         padded[:len(data)] = data
         out = [torch.empty_like(padded) for _ in range(self.world.size)]
         self._wait(dist.all_gather(out, padded, async_op=True))

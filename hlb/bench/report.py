@@ -251,9 +251,14 @@ def summary_lines(record):
         if not math.isnan(s.acc_ci95[0]):
             lines.append(f"  95% CI of the mean accuracy  [{s.acc_ci95[0]:.4f}, "
                          f"{s.acc_ci95[1]:.4f}]")
-        lines.append(f"  time (s)      mean {s.time_mean:.3f}  std {s.time_std:.3f}  "
-                     f"min {s.time_min:.3f}  max {s.time_max:.3f}")
-        lines.append(f"  plain evaluation per epoch (untimed): {s.eval_time_per_epoch:.3f} s")
+        if record.accuracy_only:
+            lines.append("  time: not reported (accuracy mode: no per-epoch evaluation, and "
+                         "processes may share a GPU)")
+        else:
+            lines.append(f"  time (s)      mean {s.time_mean:.3f}  std {s.time_std:.3f}  "
+                         f"min {s.time_min:.3f}  max {s.time_max:.3f}")
+            lines.append(f"  plain evaluation per epoch (untimed): "
+                         f"{s.eval_time_per_epoch:.3f} s")
     if s.target_reached is not None:
         ttt = (f"; time to target mean {s.ttt_mean:.3f} s, std {s.ttt_std:.3f} s"
                if s.target_reached else "")
@@ -314,6 +319,7 @@ def record_dict(record, argv=None):
         "stopped": record.stopped,
         "warmup_s": record.warmup_s,
         "fallback": record.fallback,
+        "accuracy_only": record.accuracy_only,
         "wall_s": record.wall_s,
         "epochs": epochs,
         "runs": results,

@@ -110,7 +110,8 @@ def _differs(path, what, here, there, argv):
                       f"{there} in the record; give its flags ({given})")
 
 
-def check_same(record, path, recipe, overrides, seed, runs, target_acc, device):
+def check_same(record, path, recipe, overrides, seed, runs, target_acc, device,
+               accuracy_only=False):
     """Refuse (UsageError) when this command is not the one that wrote `record`."""
     argv = record.get("argv")
     theirs = record["recipe"]
@@ -128,7 +129,9 @@ def check_same(record, path, recipe, overrides, seed, runs, target_acc, device):
     for what, here, there in (("--seed", seed, record["seed"]),
                               ("--runs", runs, record["runs_asked"]),
                               ("--target-acc", target_acc, record.get("target_acc")),
-                              ("the kind of device", device, record["device"])):
+                              ("the kind of device", device, record["device"]),
+                              ("--accuracy-only", accuracy_only,
+                               record.get("accuracy_only", False))):
         if here != there:
             raise _differs(path, what, here, there, argv)
 

@@ -60,6 +60,7 @@ class Record:
     seed: int
     overrides: list = field(default_factory=list)  # the "key=value" texts, as given
     warmup_s: float = 0.0          # untimed warm-up run (cudnn autotuning, compilation)
+    accuracy_only: bool = False    # no per-epoch evaluation; times not reported (shared GPUs)
     fallback: str = None           # why compile or capture were turned off, if they were
     stopped: str = None            # why the runs stopped early, if they did
     target_acc: float = None       # runs stop at the first epoch whose TTA accuracy reaches it
@@ -88,13 +89,14 @@ class PreparedRecipe:
     """One recipe made ready on a device (hlb.train.prepare), run as often as asked; its
     `record` collects the results."""
 
-    def __init__(self, recipe, device, cifar, seed, overrides=()):
+    def __init__(self, recipe, device, cifar, seed, overrides=(), accuracy_only=False):
         self.recipe = recipe
         self.prepared = prepare(recipe, cifar, device)
         # The record names the kind of device; which GPU ran which run is the launcher's.
         self.record = Record(recipe=recipe, device=torch.device(device).type,
                              data_fingerprint=cifar.fingerprint, seed=seed,
-                             overrides=list(overrides), net=self.prepared.net)
+                             overrides=list(overrides), accuracy_only=accuracy_only,
+                             net=self.prepared.net)
 
     def warmup(self, listener):
         """The untimed warm-up, where the device needs one (hlb.train.PreparedRun.warmup)."""
@@ -112,7 +114,8 @@ class PreparedRecipe:
         record and then shows (`listener.run_finished`)."""
         listener.run_started(i, runs)
         result = self.prepared.run(self.record.seed + i, run=i, on_epoch=listener.epoch,
-                                   on_step=listener.step, target_acc=target_acc)
+                                   on_step=listener.step, target_acc=target_acc,
+                                   evaluate_epochs=not self.record.accuracy_only)
         self.record.net_run = i
         return result
 
@@ -242,10 +245,10 @@ def _to_result(data):
 
 
 @contextmanager
-def scheduler_for(device):
+def scheduler_for(device, share_gpus=False):
     """The scheduler of this process: torchrun's when under torchrun (joining its process
-    group for the block), else a local one."""
-    with dist.joined(device) as group:
+    group for the block, `share_gpus` as hlb.bench.dist.joined takes it), else a local one."""
+    with dist.joined(device, share_gpus) as group:
         yield LocalScheduler(device) if group is None else TorchrunScheduler(group)
 
 
