@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# One GPU check in one call: environment, data, the card's measured matmul rate, a reference
-# script's runs, then our variants, each after its untimed warm-up, and last a table comparing
-# them. $OUT gets summary.txt, logs.tgz (every log and record) and the compile cache in parts
-# (compile-cache.tgz.N), so that no more than 8 files come back from a device call.
+# One GPU check in one call: environment, data, the card's measured matmul rate, then each
+# stage below under one budget, and last a table comparing them. $OUT gets summary.txt,
+# logs.tgz (every log and record) and the compile cache in parts (compile-cache.tgz.N), so
+# that no more than 8 files come back from a device call.
 #
 #   scripts/gpu_check.sh [RUNS] [REFERENCE_SCRIPT] [REFERENCE_RUNS]
 #
-# What runs, in this order:
-#   1. the reference (if given), REFERENCE_RUNS runs, in a scratch folder on the same data, then
-#      one more run of it in the same process under torch.profiler (REF_PROFILE=0: none);
-#   2. CAP_GB (if set): 3 runs of the first variant with the GPU capped at that many GiB;
-#   3. PROFILE (if set, a variant's label): one profiled run of it (scripts/profile_run.py);
-#   4. the variants, in the order given.
-# Every stage stops at the budget (BUDGET_S seconds for the whole check, default 570): a
-# variant cut short keeps its finished runs, so list the most important first.
+# The stages, in this order (each only when asked for):
+#   1. ACCURACY: runs that measure accuracy alone, several processes sharing the GPU
+#      (torchrun, main.py --accuracy-only: no per-epoch evaluation, no times);
+#   2. the references, each REFERENCE_RUNS runs in a scratch folder on the same data, one of
+#      them then profiled in its own process (REF_PROFILE);
+#   3. the VARIANTS of ours, in the order given, each after its untimed warm-up;
+#   4. SWEEP: a main.py sweep (the base and a grid, interleaved, ranked);
+#   5. CAP_GB: 3 runs of the first variant with the GPU capped at that many GiB;
+#   6. PROFILE (a variant's label): one profiled run of it (scripts/profile_run.py).
+# Timing stages (2-6) always run alone on the GPU. Every stage stops at the budget (BUDGET_S
+# seconds for the whole check, default 570): a stage cut short keeps its finished runs, so
+# order what matters most first.
 # Throughout, nvidia-smi samples the SM clock, utilization, power, temperature and the clock
 # slowdown (throttle) reasons every 0.5 s; the summary gives them stage by stage.
 #
@@ -24,27 +28,33 @@
 # ignored by git) are unpacked into it; at the end it is packed into $OUT in parts of 15 MiB
 # if it fits CACHE_MAX_MB (default 56) packed, else its inductor part alone if that fits.
 # Copy the parts that come back into .cache/inductor/ and carry that folder into the next
-# check (BENCHMARKS.md says how).
+# check (../shared/GPU.md says how).
 #
-# Environment:
-#   VARIANTS  one per line or ';'-separated: "LABEL RECIPE RUNS [main.py flags]", e.g.
-#             "muon 94muon 40; muon-ro 94muon 20 --set compile=true --set compile_mode=reduce-overhead"
-#             Default: one variant per name in RECIPE (default 94), RUNS runs each, with EXTRA.
+# Environment (lists: one entry per line or ';'-separated):
+#   ACCURACY    "LABEL RECIPE RUNS PROCESSES [main.py flags]", e.g. "claim 94 200 4".
+#   REFERENCES  "LABEL SCRIPT RUNS", e.g. "airbench .ref/airbench94_muon.py 10;
+#               hiverge .ref/cifar10_speedrun.py 10"; the positional REFERENCE_SCRIPT and
+#               REFERENCE_RUNS add one labelled "reference". A script's `in range(200)` run
+#               loop is cut to RUNS; it reads ./cifar10/ (torchvision's layout: our files).
+#   REF_PROFILE the reference to profile after its runs (default: the first; 0: none).
+#   VARIANTS    "LABEL RECIPE RUNS [main.py flags]"; RECIPE may be DIR:RECIPE to run
+#               DIR/main.py (another tree of ours, e.g. an earlier commit's; a relative DIR
+#               is from the checkout). Default: one variant per name in RECIPE (default 94), RUNS
+#               runs each, with EXTRA.
+#   SWEEP       "LABEL RUNS [main.py sweep flags]", e.g. "levers 10 --prune --vary ...".
 #   HLB_DATA_DIR (default ./data), OUT (default ./gpu_check_out), DEVICE (default cuda).
 #   PYTHON (default python3): the interpreter every stage runs with.
 #   REF_STEPS (default 200): training steps per reference run, for its kernels per step.
-#   REF_WORK (default /tmp/hlb_reference): the reference's scratch folder, a fixed path too.
+#   REF_WORK (default /tmp/hlb_reference): the references' scratch folders, a fixed path too.
 #   RESERVE_S (default 30): seconds of the budget kept back for the summary and the packing.
-#   TARGET (default 0.94): the summary tests each variant's mean accuracy against it.
-# Exit status: 0 when every variant finished all its runs; else the last failing variant's
+#   TARGET (default 0.94): the summary tests each mean accuracy against it.
+# Exit status: 0 when every stage of ours finished all its runs; else the last failing one's
 # (124: cut by the budget). On a CPU, `DEVICE=cpu VARIANTS="s smoke 1" scripts/gpu_check.sh`
 # exercises all but the matmul rate, the cap and the clocks.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 PYTHON=${PYTHON:-python3}
 RUNS=${1:-50}
-REF=${2:-}
-REF_RUNS=${3:-25}
 DEVICE=${DEVICE:-cuda}
 DATA=${HLB_DATA_DIR:-data}
 OUT=${OUT:-gpu_check_out}
@@ -55,9 +65,15 @@ CACHE_DIR=${CACHE_DIR:-/tmp/hlb_compile_cache}
 CACHE_IN=${CACHE_IN:-$here/.cache/inductor}
 CACHE_MAX_MB=${CACHE_MAX_MB:-56}
 REF_WORK=${REF_WORK:-/tmp/hlb_reference}
-mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)   # absolute: the reference runs elsewhere
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)   # absolute: the references run elsewhere
 LOGS=$OUT/logs                     # packed into $OUT/logs.tgz at the end
 mkdir -p "$LOGS"
+
+# Entries of a ';'- or newline-separated list, one per line, blank ones dropped.
+entries() { tr ';' '\n' <<<"$1" | sed 's/^ *//; s/ *$//' | grep -v '^$'; }
+# Whether $1 is a whole number.
+whole() { [[ "${1:-}" =~ ^[0-9]+$ ]]; }
+malformed() { echo "error: $1 entry '$2': expected $3" >&2; exit 2; }
 
 if [ -z "${VARIANTS:-}" ]; then
   VARIANTS=""
@@ -66,13 +82,26 @@ fi
 labels=() recipes=() counts=() flags=()
 while IFS= read -r line; do
   read -r label recipe count rest <<<"$line"
-  [ -n "${label:-}" ] || continue
-  if [ -z "${count:-}" ] || ! [[ "$count" =~ ^[0-9]+$ ]]; then
-    echo "error: VARIANTS entry '$line': expected LABEL RECIPE RUNS [flags]" >&2
-    exit 2
-  fi
+  whole "${count:-}" || malformed VARIANTS "$line" "LABEL RECIPE RUNS [flags]"
   labels+=("$label") recipes+=("$recipe") counts+=("$count") flags+=("${rest:-}")
-done < <(tr ';' '\n' <<<"$VARIANTS")
+done < <(entries "$VARIANTS")
+
+references=()
+[ -n "${2:-}" ] && references+=("reference $2 ${3:-25}")
+while IFS= read -r line; do
+  read -r label script count rest <<<"$line"
+  whole "${count:-}" && [ -z "${rest:-}" ] || malformed REFERENCES "$line" "LABEL SCRIPT RUNS"
+  references+=("$line")
+done < <(entries "${REFERENCES:-}")
+while IFS= read -r line; do
+  read -r label recipe count procs rest <<<"$line"
+  whole "${count:-}" && whole "${procs:-}" ||
+    malformed ACCURACY "$line" "LABEL RECIPE RUNS PROCESSES [flags]"
+done < <(entries "${ACCURACY:-}")
+if [ -n "${SWEEP:-}" ]; then
+  read -r sweep_label sweep_runs sweep_flags <<<"$SWEEP"
+  whole "${sweep_runs:-}" || malformed SWEEP "$SWEEP" "LABEL RUNS [sweep flags]"
+fi
 
 # Seconds left for a stage, the summary's reserve kept back; 0 when the budget is spent.
 left() { local s=$((BUDGET_S - SECONDS - RESERVE_S)); echo $((s > 0 ? s : 0)); }
@@ -89,6 +118,15 @@ stage() {
   echo "== ${*:2}"
 }
 cache_files() { find "$CACHE_DIR" -type f 2>/dev/null | wc -l; }
+ours_status=0
+# The exit status of a stage of ours: the last failing one's is the check's.
+ours() { [ "$1" = 0 ] || ours_status=$1; }
+# main.py of our tree, or of another tree of ours for a DIR:RECIPE variant.
+main_of() {
+  local tree=$here
+  [[ "$1" == *:* ]] && tree=${1%%:*} && [[ "$tree" != /* ]] && tree=$here/$tree
+  echo "$tree/main.py"
+}
 
 stage setup "environment"
 date -u +%Y-%m-%dT%H:%M:%SZ
@@ -151,16 +189,33 @@ for dtype in (torch.float16, torch.bfloat16):
 EOF
 fi
 
+records=()
+while IFS= read -r line; do
+  read -r label recipe count procs rest <<<"$line"
+  stage "$label" "accuracy: $label = recipe $recipe ${rest:-}, $count runs over $procs" \
+       "processes sharing the GPU (no times), at most $(left) s"
+  # shellcheck disable=SC2086
+  budgeted "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$procs" \
+    "$here/main.py" --recipe "$recipe" --runs "$count" --device "$DEVICE" --no-save \
+    --accuracy-only --data-dir "$DATA" --json "$LOGS/ours-$label.json" ${rest:-} 2>&1 |
+    tee "$LOGS/ours-$label.log"
+  ours "${PIPESTATUS[0]}"
+  [ -f "$LOGS/ours-$label.json" ] && records+=("$LOGS/ours-$label.json")
+done < <(entries "${ACCURACY:-}")
+
 ref_args=()
-if [ -n "$REF" ]; then
-  stage reference "reference: $REF, $REF_RUNS runs, at most $(left) s (compile included)"
-  # The reference reads ./cifar10/ (torchvision layout, same verified files) and may hard-code
-  # its run count; run a copy in a scratch folder with the count cut to REF_RUNS.
-  rm -rf "$REF_WORK" && mkdir -p "$REF_WORK"
-  ln -s "$(cd "$DATA" && pwd)" "$REF_WORK/cifar10"
-  sed "s/in range(200)/in range($REF_RUNS)/" "$REF" > "$REF_WORK/reference.py"
-  if [ "${REF_PROFILE:-1}" = 1 ]; then
-    cat >> "$REF_WORK/reference.py" <<EOF
+first=1
+for entry in "${references[@]}"; do
+  read -r label script count <<<"$entry"
+  stage "$label" "reference $label: $script, $count runs, at most $(left) s (compile included)"
+  # A copy in a scratch folder of its own, its run count cut, reading the same data.
+  work=$REF_WORK/$label
+  rm -rf "$work" && mkdir -p "$work"
+  ln -s "$(cd "$DATA" && pwd)" "$work/cifar10"
+  sed "s/in range(200)/in range($count)/" "$script" > "$work/reference.py"
+  profile=${REF_PROFILE:-1}
+  if [ "$profile" = "$label" ] || { [ "$profile" = 1 ] && [ "$first" = 1 ]; }; then
+    cat >> "$work/reference.py" <<EOF
 
 # Appended by scripts/gpu_check.sh: one more run under torch.profiler in this process, so the
 # compiled model is reused and nothing compiles again.
@@ -168,21 +223,46 @@ if __name__ == "__main__":
     import sys
     sys.path.insert(0, "$here/scripts")
     import profile_run
-    profile_run.profile_reference(main, model, "$LOGS/reference-profile.txt", ${REF_STEPS:-200})
+    profile_run.profile_reference(main, model, "$LOGS/$label-profile.txt", ${REF_STEPS:-200})
 EOF
   fi
-  start=$(date +%s)
-  (cd "$REF_WORK" && budgeted "$PYTHON" reference.py) 2>&1 | tee "$LOGS/reference.log"
-  echo "reference wall clock: $(( $(date +%s) - start )) s (compile, warm-up and profile" \
-       "included); compile cache: $(( $(cache_files) - cached_at_start )) new files"
-  ref_args=(--reference "$LOGS/reference.log")
+  first=0
+  start=$(date +%s) before=$(cache_files)
+  (cd "$work" && budgeted "$PYTHON" reference.py) 2>&1 | tee "$LOGS/$label.log"
+  echo "$label wall clock: $(( $(date +%s) - start )) s (compile, warm-up and profile" \
+       "included); compile cache: $(( $(cache_files) - before )) new files"
+  ref_args+=(--reference "$label=$LOGS/$label.log")
+done
+
+for i in "${!labels[@]}"; do
+  label=${labels[$i]} recipe=${recipes[$i]}
+  stage "$label" "ours: $label = recipe $recipe ${flags[$i]}, ${counts[$i]} timed runs" \
+       "after one untimed warm-up, at most $(left) s"
+  # shellcheck disable=SC2086
+  budgeted "$PYTHON" "$(main_of "$recipe")" --recipe "${recipe##*:}" --runs "${counts[$i]}" \
+    --device "$DEVICE" --no-save --data-dir "$DATA" --json "$LOGS/ours-$label.json" \
+    ${flags[$i]} 2>&1 | tee "$LOGS/ours-$label.log"
+  ours "${PIPESTATUS[0]}"
+  [ -f "$LOGS/ours-$label.json" ] && records+=("$LOGS/ours-$label.json")
+done
+
+sweep_args=()
+if [ -n "${SWEEP:-}" ]; then
+  stage "$sweep_label" "sweep $sweep_label: ${sweep_flags:-}, $sweep_runs runs each, at most" \
+       "$(left) s"
+  # shellcheck disable=SC2086
+  budgeted "$PYTHON" "$here/main.py" sweep --runs "$sweep_runs" --device "$DEVICE" --no-save \
+    --data-dir "$DATA" --json "$LOGS/sweep-$sweep_label.json" ${sweep_flags:-} 2>&1 |
+    tee "$LOGS/sweep-$sweep_label.log"
+  ours "${PIPESTATUS[0]}"
+  [ -f "$LOGS/sweep-$sweep_label.json" ] && sweep_args=(--sweep "$LOGS/sweep-$sweep_label.json")
 fi
 
 if [ -n "${CAP_GB:-}" ] && [ "$DEVICE" = cuda ]; then
   stage cap "${labels[0]} under a ${CAP_GB} GiB memory cap, 3 runs"
   # shellcheck disable=SC2086
-  budgeted "$PYTHON" "$here/scripts/capped_main.py" "$CAP_GB" --recipe "${recipes[0]}" --runs 3 \
-    --no-save --data-dir "$DATA" ${flags[0]} 2>&1 | tail -n 12 | tee "$LOGS/capped.log"
+  budgeted "$PYTHON" "$here/scripts/capped_main.py" "$CAP_GB" --recipe "${recipes[0]}" \
+    --runs 3 --no-save --data-dir "$DATA" ${flags[0]} 2>&1 | tail -n 12 | tee "$LOGS/capped.log"
 fi
 
 if [ -n "${PROFILE:-}" ]; then
@@ -194,21 +274,6 @@ if [ -n "${PROFILE:-}" ]; then
       --device "$DEVICE" --data-dir "$DATA" ${flags[$i]} 2>&1 | tee "$LOGS/profile-$PROFILE.log"
   done
 fi
-
-ours_status=0
-records=()
-for i in "${!labels[@]}"; do
-  label=${labels[$i]}
-  stage "$label" "ours: $label = recipe ${recipes[$i]} ${flags[$i]}, ${counts[$i]} timed runs" \
-       "after one untimed warm-up, at most $(left) s"
-  # shellcheck disable=SC2086
-  budgeted "$PYTHON" "$here/main.py" --recipe "${recipes[$i]}" --runs "${counts[$i]}" \
-    --device "$DEVICE" --no-save --data-dir "$DATA" --json "$LOGS/ours-$label.json" \
-    ${flags[$i]} 2>&1 | tee "$LOGS/ours-$label.log"
-  status=${PIPESTATUS[0]}
-  [ "$status" = 0 ] || ours_status=$status
-  [ -f "$LOGS/ours-$label.json" ] && records+=("$LOGS/ours-$label.json")
-done
 stage end "packing the compile cache and the logs"
 [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
 sampler=""
@@ -231,7 +296,7 @@ for part in . inductor; do
 done
 rm -f "$packed"
 
-summary_args=("${records[@]}" "${ref_args[@]}" --target "${TARGET:-0.94}")
+summary_args=("${records[@]}" "${ref_args[@]}" "${sweep_args[@]}" --target "${TARGET:-0.94}")
 if [ -s "$LOGS/clocks.csv" ]; then
   summary_args+=(--clocks "$LOGS/clocks.csv" --stages "$LOGS/stages.txt")
 fi

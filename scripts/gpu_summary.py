@@ -1,11 +1,14 @@
-"""Print the comparison table of scripts/gpu_check.sh: our records against a reference log.
+"""Print the comparison table of scripts/gpu_check.sh: our records against the references' logs.
 
-    python scripts/gpu_summary.py [ours-LABEL.json ...] [--reference REFERENCE.log]
-                                  [--clocks CLOCKS.csv --stages STAGES.txt] [--target ACC]
+    python scripts/gpu_summary.py [ours-LABEL.json ...] [--reference [LABEL=]LOG ...]
+                                  [--sweep SWEEP.json] [--clocks CLOCKS.csv --stages STAGES.txt]
+                                  [--target ACC]
 
-The reference log is the output of an airbench-style script: a `|`-separated table whose
-final row per run has "eval" in its second column, TTA accuracy in the next-to-last column
-and the run's seconds in the last. Its first such row is the untimed warm-up and is skipped.
+A reference log is the output of an airbench-style script (airbench94_muon, hiverge's
+cifar10_speedrun): a `|`-separated table whose final row per run has "eval" in its second
+column, TTA accuracy in the next-to-last column and the run's seconds in the last. Its first
+such row is the untimed warm-up and is skipped. Each of our records gets its time ratio to
+every reference; a record of accuracy mode (--accuracy-only) gets its accuracy alone.
 
 The clocks file holds nvidia-smi samples (csv, noheader, nounits) below a first line naming
 the fields: timestamp and any of clocks.sm, utilization.gpu, power.draw, temperature.gpu and
@@ -68,26 +71,28 @@ def our_epochs(record):
     return by_epoch
 
 
-def epoch_line(name, ours, reference, last=3):
+def epoch_line(name, ours, reference, ref_label="reference", last=3):
     """Mean time to the end of the first epochs, ours against the reference: a comparison
     that holds even when runs were cut short or failed later."""
     parts = [f"{e}: {mean(ours[e]):.3f} vs {mean(reference[e]):.3f} "
              f"({mean(ours[e]) / mean(reference[e]):.2f})"
              for e in sorted(ours.keys() & reference.keys())[:last]]
-    return (f"{name:<10} seconds to the end of epoch (ours vs reference, ratio) "
+    return (f"{name:<10} seconds to the end of epoch (ours vs {ref_label}, ratio) "
             + "; ".join(parts)) if parts else None
 
 
 def describe(name, accs, times, target=None):
-    """One line of accuracy and time; with `target`, a second: the one-sided t-test of
-    "the mean accuracy is above target", the claim a recipe is promoted on."""
+    """One line of accuracy and time (times None: accuracy alone); with `target`, a second:
+    the one-sided t-test of "the mean accuracy is above target", the claim a recipe is
+    promoted on."""
     if not accs:
         return f"{name:<10} no finished runs"
     lo, hi = confidence_interval(accs)
     line = (f"{name:<10} n={len(accs):<4} acc mean {mean(accs):.4f} std {std(accs):.4f} "
-            f"min {min(accs):.4f} max {max(accs):.4f} CI95 [{lo:.4f}, {hi:.4f}] | "
-            f"time mean {mean(times):.3f} std {std(times):.3f} "
-            f"min {min(times):.3f} max {max(times):.3f} s")
+            f"min {min(accs):.4f} max {max(accs):.4f} CI95 [{lo:.4f}, {hi:.4f}] | ")
+    line += (f"time mean {mean(times):.3f} std {std(times):.3f} "
+             f"min {min(times):.3f} max {max(times):.3f} s") if times is not None else \
+        "time not reported (accuracy mode)"
     if target is not None and len(accs) >= 2:
         t, p = above_target(accs, target)
         line += (f"\n{name:<10} mean above {target:.2%}: t={t:.2f}, one-sided p={p:.3g} "
@@ -179,22 +184,51 @@ def label(path, record):
     return stem[len("ours-"):] if stem.startswith("ours-") else record["recipe"]["name"]
 
 
+def _reference(text):
+    """A --reference: (its label, its log's path); a bare path is labelled "reference"."""
+    label, sep, path = text.partition("=")
+    return (label, path) if sep else ("reference", text)
+
+
+def sweep_lines(path):
+    """A sweep record's ranked table, a line per cell: n, mean accuracy, cell - base."""
+    record = json.loads(Path(path).read_text())
+    lines = [f"sweep {Path(path).stem}: {record.get('correction', '')}"]
+    for row in record.get("table", []):
+        def diff(test, scale, digits):
+            if not test:
+                return ""
+            lo, hi = test["ci95"]
+            if lo is None:
+                return f"{scale * test['diff']:+.{digits}f}"
+            return (f"{scale * test['diff']:+.{digits}f} ({scale * lo:+.{digits}f} to "
+                    f"{scale * hi:+.{digits}f})")
+        acc = "" if row["acc_mean"] is None else f"{100 * row['acc_mean']:.2f}%"
+        lines.append(f"  {row['name']:<28} n={row['n']:<3} acc {acc:<7} "
+                     f"d_acc {diff(row['acc'], 100, 2):<24} d_time {diff(row['time'], 1, 3):<26}"
+                     f" {row['verdict']}" + (" (dropped)" if row.get("dropped") else ""))
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("ours", nargs="*", help="records written by main.py --json")
-    parser.add_argument("--reference")
+    parser.add_argument("--reference", action="append", default=[], metavar="[LABEL=]LOG",
+                        help="a reference's log (repeatable)")
+    parser.add_argument("--sweep", help="a sweep record written by main.py sweep --json")
     parser.add_argument("--clocks", help="nvidia-smi samples taken during the check")
     parser.add_argument("--stages", help="when each stage of the check began")
     parser.add_argument("--target", type=float, default=0.94,
                         help="accuracy whose one-sided t-test is printed (default 0.94)")
     args = parser.parse_args()
-    ref_accs, ref_times = reference_runs(args.reference) if args.reference else ([], [])
-    ref_epochs = reference_epochs(args.reference) if args.reference else {}
+    references = [(label, *reference_runs(path), reference_epochs(path))
+                  for label, path in map(_reference, args.reference)]
     for path in args.ours:
         record = json.loads(Path(path).read_text())
         runs = [r for r in record["runs"] if not r["diverged"]]
         accs = [r["tta_acc"] for r in runs]
-        times = [r["train_time_s"] for r in runs]
+        timed = not record.get("accuracy_only")
+        times = [r["train_time_s"] for r in runs] if timed else None
         env = record["environment"]
         name = label(path, record)
         flags = " ".join(record.get("argv") or [])
@@ -202,17 +236,19 @@ def main():
         print(f"  card {env['gpu']}, torch {env['torch']}, cuda {env['cuda']}, {env['date']}; "
               f"warm-up {record['warmup_s']:.1f} s, peak memory "
               f"{record['summary']['peak_mem_reserved'] / 2**20:.0f} MiB reserved"
-              + (f"; stopped: {record['stopped']}" if record.get("stopped") else ""))
+              + (f"; stopped: {record['stopped']}" if record.get("stopped") else "")
+              + (f"; fallback: {record['fallback']}" if record.get("fallback") else ""))
         print(describe(name, accs, times, args.target))
-        by_epoch = epoch_line(name, our_epochs(record), ref_epochs)
-        if by_epoch:
-            print(by_epoch)
-        if times and ref_times:
-            ratio = mean(times) / mean(ref_times)
-            if math.isfinite(ratio):
-                print(f"time ratio {name}/reference: {ratio:.3f}")
-    if args.reference:
-        print(describe("reference", ref_accs, ref_times, args.target))
+        for ref, _, ref_times, ref_epochs in references if timed else ():
+            by_epoch = epoch_line(name, our_epochs(record), ref_epochs, ref)
+            if by_epoch:
+                print(by_epoch)
+            if times and ref_times and math.isfinite(mean(times) / mean(ref_times)):
+                print(f"time ratio {name}/{ref}: {mean(times) / mean(ref_times):.3f}")
+    for ref, ref_accs, ref_times, _ in references:
+        print(describe(ref, ref_accs, ref_times, args.target))
+    if args.sweep:
+        print("\n".join(sweep_lines(args.sweep)))
     if args.clocks and args.stages:
         print("GPU clocks by stage (nvidia-smi every 0.5 s):")
         print("\n".join(clock_lines(clock_samples(args.clocks), stage_starts(args.stages))))

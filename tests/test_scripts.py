@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -107,10 +108,11 @@ TINY_FLAGS = ("--set train_images=400 --set test_images=200 --set batch_size=100
               "--set epochs=1 --set whiten_init_images=200")
 
 
-def test_gpu_check_runs_variants_in_order_within_the_budget(cifar_dir, tmp_path):
-    # On the CPU: a fake reference (its run count cut from 200 to 3, then one profiled run),
-    # then two variants; the second asks for far more runs than the budget allows and is
-    # stopped, keeping its runs. A compile cache from an earlier check is restored and kept.
+def test_gpu_check_runs_every_stage_in_order_within_the_budget(cifar_dir, tmp_path):
+    # On the CPU: accuracy runs over two processes; two fake references (run counts cut from
+    # 200 to 3 and 2, the first then profiled); two variants, one from another tree of ours;
+    # then a sweep that asks for far more runs than the budget allows and is stopped, keeping
+    # its runs. A compile cache from an earlier check is restored and kept.
     reference = tmp_path / "reference.py"
     reference.write_text(FAKE_REFERENCE)
     cache_in = tmp_path / "cache_in"
@@ -123,21 +125,37 @@ def test_gpu_check_runs_variants_in_order_within_the_budget(cifar_dir, tmp_path)
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
     (bin_dir / "nvidia-smi").chmod(0o755)
+    base = tmp_path / "base"                   # another tree of ours, as an earlier commit's
+    base.mkdir()
+    shutil.copy(ROOT / "main.py", base)
+    shutil.copytree(ROOT / "hlb", base / "hlb", ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OUT": str(out),
            "HLB_DATA_DIR": str(cifar_dir),
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "BUDGET_S": "60",
            "RESERVE_S": "10", "OMP_NUM_THREADS": "1", "CACHE_IN": str(cache_in),
            "CACHE_DIR": str(tmp_path / "cache"), "REF_WORK": str(tmp_path / "ref"),
-           "VARIANTS": f"one smoke 1 {TINY_FLAGS}; many smoke 1000 {TINY_FLAGS} --set lr=4"}
+           "ACCURACY": f"acc smoke 2 2 {TINY_FLAGS}",
+           "REFERENCES": f"other {reference} 2",
+           "VARIANTS": f"one smoke 1 {TINY_FLAGS}; base {base}:smoke 1 {TINY_FLAGS}",
+           "SWEEP": f"grid 1000 --recipe smoke {TINY_FLAGS} --vary lr=4,12"}
     result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "0", str(reference),
-                             "3"], capture_output=True, text=True, env=env, timeout=200)
+                             "3"], capture_output=True, text=True, env=env, timeout=250)
     summary = (out / "summary.txt").read_text()
     assert result.stdout.endswith(summary)                    # the table comes last
-    assert "reference  n=3 " in summary                       # the profiled run not counted
-    assert "one        n=1 " in summary and "time ratio one/reference" in summary
-    assert "== reference profile" in result.stdout
+    assert "reference  n=3 " in summary and "other      n=2 " in summary   # profiles: no run
+    assert "acc        n=2 " in summary and "time not reported (accuracy mode)" in summary
+    assert "time ratio acc/" not in summary
+    for name in ("one", "base"):
+        assert f"{name:<10} n=1 " in summary
+        assert f"time ratio {name}/reference" in summary and f"time ratio {name}/other" in summary
+    assert "== reference profile" in result.stdout and "== other profile" not in result.stdout
     assert "TTA accuracy 0.9400" in result.stdout
+    order = [line.split(":")[0] for line in result.stdout.splitlines()
+             if line.startswith(("== accuracy", "== reference", "== ours", "== sweep"))
+             and "profile" not in line]
+    assert order == ["== accuracy", "== reference reference", "== reference other", "== ours",
+                     "== ours", "== sweep grid"]
     # The clock samples, summarised by stage.
     assert "GPU clocks by stage" in summary
     assert any(line.startswith("one ") and "SM clock median 1980 MHz" in line
@@ -150,9 +168,11 @@ def test_gpu_check_runs_variants_in_order_within_the_budget(cifar_dir, tmp_path)
     assert packed(out / "compile-cache.tgz.0") == {"./inductor/kernel.py": b"abc"}
     logs = packed(out / "logs.tgz")
     assert "TTA accuracy 0.9400" in logs["logs/reference-profile.txt"].decode()
-    many = json.loads(logs["logs/ours-many.json"])
-    assert many["stopped"] == "interrupted" and 1 <= len(many["runs"]) < 1000
-    assert many["recipe"]["lr"] == 4.0 and "stopped: interrupted" in summary
+    accuracy = json.loads(logs["logs/ours-acc.json"])
+    assert accuracy["accuracy_only"] and accuracy["dist"]["world_size"] == 2
+    grid = json.loads(logs["logs/sweep-grid.json"])
+    assert grid["stopped"] == "interrupted" and 1 <= len(grid["runs"]) < 1000
+    assert "sweep sweep-grid:" in summary and "lr=12" in summary
     assert result.returncode == 124                           # timeout(1): cut by the budget
 
 
