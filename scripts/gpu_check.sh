@@ -41,7 +41,8 @@
 #               DIR/main.py (another tree of ours, e.g. an earlier commit's; a relative DIR
 #               is from the checkout). Default: one variant per name in RECIPE (default 94), RUNS
 #               runs each, with EXTRA.
-#   SWEEP       "LABEL RUNS [main.py sweep flags]", e.g. "levers 10 --prune --vary ...".
+#   SWEEP       "LABEL RUNS [main.py sweep flags]", the flags read as shell words, e.g.
+#               "levers 10 --prune --cell '--set activation=silu' --cell '--recipe 94tuned'".
 #   HLB_DATA_DIR (default ./data), OUT (default ./gpu_check_out), DEVICE (default cuda).
 #   PYTHON (default python3): the interpreter every stage runs with.
 #   REF_STEPS (default 200): training steps per reference run, for its kernels per step.
@@ -250,9 +251,9 @@ sweep_args=()
 if [ -n "${SWEEP:-}" ]; then
   stage "$sweep_label" "sweep $sweep_label: ${sweep_flags:-}, $sweep_runs runs each, at most" \
        "$(left) s"
-  # shellcheck disable=SC2086
+  eval "sweep_words=(${sweep_flags:-})"       # shell words: a --cell's flags come quoted
   budgeted "$PYTHON" "$here/main.py" sweep --runs "$sweep_runs" --device "$DEVICE" --no-save \
-    --data-dir "$DATA" --json "$LOGS/sweep-$sweep_label.json" ${sweep_flags:-} 2>&1 |
+    --data-dir "$DATA" --json "$LOGS/sweep-$sweep_label.json" "${sweep_words[@]}" 2>&1 |
     tee "$LOGS/sweep-$sweep_label.log"
   ours "${PIPESTATUS[0]}"
   [ -f "$LOGS/sweep-$sweep_label.json" ] && sweep_args=(--sweep "$LOGS/sweep-$sweep_label.json")

@@ -138,7 +138,8 @@ def test_gpu_check_runs_every_stage_in_order_within_the_budget(cifar_dir, tmp_pa
            "ACCURACY": f"acc smoke 2 2 {TINY_FLAGS}",
            "REFERENCES": f"other {reference} 2",
            "VARIANTS": f"one smoke 1 {TINY_FLAGS}; base {base}:smoke 1 {TINY_FLAGS}",
-           "SWEEP": f"grid 1000 --recipe smoke {TINY_FLAGS} --vary lr=4,12"}
+           "SWEEP": f"grid 1000 --recipe smoke {TINY_FLAGS} --cell '--set lr=4' "
+                    "--cell '--set lr=12 --set flip=random'"}
     result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "0", str(reference),
                              "3"], capture_output=True, text=True, env=env, timeout=250)
     summary = (out / "summary.txt").read_text()
@@ -172,7 +173,7 @@ def test_gpu_check_runs_every_stage_in_order_within_the_budget(cifar_dir, tmp_pa
     assert accuracy["accuracy_only"] and accuracy["dist"]["world_size"] == 2
     grid = json.loads(logs["logs/sweep-grid.json"])
     assert grid["stopped"] == "interrupted" and 1 <= len(grid["runs"]) < 1000
-    assert "sweep sweep-grid:" in summary and "lr=12" in summary
+    assert "sweep sweep-grid:" in summary and "lr=12 flip=random" in summary
     assert result.returncode == 124                           # timeout(1): cut by the budget
 
 

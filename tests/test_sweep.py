@@ -55,7 +55,7 @@ def test_the_grid_is_every_combination_with_values_parsed_as_set_parses_them():
     ([], ["lr"], 5, "--vary lr: expected KEY=V1,V2,..."),
     ([], ["lr=4,4.0"], 5, "4.0 and 4 are the same value"),
     ([], ["lr=4", "lr=12"], 5, "--vary lr is given twice"),
-    ([], [], 5, "a sweep needs at least one --vary"),
+    ([], [], 5, "a sweep needs --vary KEY=V1,V2,... (a grid) or --cell FLAGS"),
     ([], ["lr=4"], 1, "--runs must be at least 2 for a sweep"),
     ([], ["lr=1,2,3,4,5,6,7,8"], 3, "8 cells need --runs 4 or more: with 3, a difference "
                                     "must exceed 13 standard errors"),
@@ -219,6 +219,41 @@ def test_a_grid_without_prune_runs_every_cell_every_run(planted, capsys):
     assert cli.main(["sweep", *TINY, "--vary", "lr=1,12", "--runs", "3", "--no-save"]) == 0
     text = capsys.readouterr().out
     assert text.count("  run ") == 9 and "dropped" not in text
+
+
+def test_a_sweep_of_listed_cells_runs_each_as_given(planted, tmp_path, capsys):
+    out = tmp_path / "sweep.json"
+    cells = ["--set lr=12", "--set lr=10 --set epochs=2", "--recipe smoke --set lr=1"]
+    assert cli.main(["sweep", *TINY, "--runs", "3", "--no-save", "--json", str(out),
+                     *[arg for c in cells for arg in ("--cell", c)]]) == 0
+    data = json.loads(out.read_text())
+    names = [c["name"] for c in data["cells"]]
+    assert names == ["lr=12", "lr=10 epochs=2", "recipe smoke lr=1"]
+    assert data["vary"] == [] and data["cell_flags"] == cells
+    by_name = {c["name"]: c for c in data["cells"]}
+    # A cell is the base with its --set items; one naming --recipe starts from that recipe.
+    assert by_name["lr=10 epochs=2"]["recipe"]["train_images"] == 256
+    assert by_name["lr=10 epochs=2"]["overrides"][-2:] == ["lr=10", "epochs=2"]
+    assert by_name["recipe smoke lr=1"]["overrides"] == ["lr=1"]
+    assert by_name["recipe smoke lr=1"]["recipe"]["train_images"] == 10_000
+    assert "lr=12" in capsys.readouterr().out
+    # Resumed with other cells: refused in one line naming them.
+    assert cli.main(["sweep", *TINY, "--runs", "3", "--no-save", "--resume", str(out),
+                     "--cell", "--set lr=12"]) == 2
+    assert ("not the interrupted command: the cells --cell '--set lr=12' here, --cell "
+            "'--set lr=12' --cell '--set lr=10 --set epochs=2'") in _one_line(capsys)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "a sweep needs --vary KEY=V1,V2,... (a grid) or --cell FLAGS"),
+    (["--vary", "lr=1,2", "--cell", "--set lr=3"], "one or the other"),
+    (["--cell", "--set lr=3", "--cell", "--set lr=3"], "is given twice"),
+    (["--cell", "--seed 3"], "'--seed' is not --recipe NAME or --set KEY=VALUE"),
+    (["--cell", "--set lr=fast"], "--set lr=fast: expected a number"),
+])
+def test_bad_cells_are_one_line(capsys, args, message):
+    assert cli.main(["sweep", *TINY, "--runs", "3", *args]) == 2
+    assert message in _one_line(capsys)
 
 
 # --resume: an interrupted sweep goes on (a real interrupted process: tests/test_resume.py)

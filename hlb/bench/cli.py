@@ -28,7 +28,7 @@ from hlb.bench import resume
 from hlb.bench.board import board_lines, plot_board, read_board
 from hlb.bench.compare import compare, compare_records, comparison_dict, comparison_lines
 from hlb.bench.dist import world_from_env
-from hlb.bench.overrides import override
+from hlb.bench.overrides import flags_recipe, override
 from hlb.bench.plot import plot_records
 from hlb.bench.records import (default_runs_dir, list_records, load_json, records_table,
                                save_record)
@@ -136,19 +136,6 @@ def build_compare_parser():
     return p
 
 
-def arm_recipe(flags, base, label, flag):
-    """A recipe plus `--recipe` / `--set` flags given as one string (a compare arm, verify's
-    baseline); returns the recipe and its overrides. `label` and `flag` name it in errors."""
-    p = _Parser(prog=flag, add_help=False)
-    p.add_argument("--recipe", default=base)
-    p.add_argument("--set", action="append", default=[])
-    try:
-        args = p.parse_args(shlex.split(flags))
-        return override(get_recipe(args.recipe), args.set), args.set
-    except UsageError as e:
-        raise UsageError(f"{label}: {e}") from None
-
-
 def build_sweep_parser():
     p = _Parser(prog=_prog("sweep"),
                 description="Run the base recipe and every cell of a grid, interleaved with "
@@ -158,6 +145,10 @@ def build_sweep_parser():
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="values to try (a tuple key takes / between values; repeatable: "
                         "the grid is every combination)")
+    p.add_argument("--cell", action="append", default=[], metavar="FLAGS",
+                   help="instead of a grid, one variant as compare takes an arm, e.g. "
+                        "\"--set activation=silu\" (the base with it) or \"--recipe 94tuned\" "
+                        "(repeatable)")
     p.add_argument("--prune", action="store_true",
                    help="stop running cells that cannot catch the best any more")
     return p
@@ -469,8 +460,8 @@ def _compare(argv):
     args = build_compare_parser().parse_args(argv)
     if args.records:
         return _compare_saved(args)
-    arms = [arm_recipe(args.a, args.recipe, "arm A", "--a"),
-            arm_recipe(args.b, args.recipe, "arm B", "--b")]
+    arms = [flags_recipe(args.a, args.recipe, "arm A"),
+            flags_recipe(args.b, args.recipe, "arm B")]
     if args.runs < 2:
         raise UsageError(f"--runs must be at least 2 to compare, not {args.runs}")
 
@@ -506,7 +497,8 @@ def _compare(argv):
 def _sweep(argv):
     """`main.py sweep`: the base and a grid of variants, interleaved, ranked (hlb.bench.sweep)."""
     args = build_sweep_parser().parse_args(argv)
-    grid = make_grid(get_recipe(args.recipe), args.set, args.vary, args.runs, args.prune)
+    grid = make_grid(get_recipe(args.recipe), args.set, args.vary, args.runs, args.prune,
+                     args.cell)
     sweep = SweepRun(grid)
     return _train(args, Command(
         kind="sweep", arms=[(c.recipe, c.overrides) for c in [grid.base] + grid.cells],
@@ -598,14 +590,14 @@ def _verify(argv):
     data, checked, sha256 = read_claim(args.record)
     check_code(data, args.record)
     claim = claimed(args.record, sha256, checked)
-    entry = arm_recipe(" ".join(["--recipe", shlex.quote(claim["recipe"])]
-                                + [f"--set {shlex.quote(o)}" for o in claim["overrides"]]),
-                       "94", f"{args.record}: its recipe", "--recipe")
+    entry = flags_recipe(" ".join(["--recipe", shlex.quote(claim["recipe"])]
+                                  + [f"--set {shlex.quote(o)}" for o in claim["overrides"]]),
+                         "94", f"{args.record}: its recipe")
     if jsonable(entry[0].to_dict()) != jsonable(checked[0][0]["recipe"]):
         raise HlbError(f"{args.record}: its recipe values are not those its name and --set "
                        "give here (edited?)")
     flags = args.baseline if args.baseline is not None else claim["baseline"] or ""
-    baseline = arm_recipe(flags, "94", "--baseline", "--baseline")
+    baseline = flags_recipe(flags, "94", "--baseline")
     if args.runs is not None and args.runs < 2:
         raise UsageError(f"--runs must be at least 2 to verify, not {args.runs}")
     args.runs, args.seed = min(args.runs or claim["n"], claim["n"]), claim["seed"]

@@ -5,9 +5,10 @@ Recipe's own check (hlb.recipes), so a value set here and one set in code meet t
 """
 
 import dataclasses
+import shlex
 
 from hlb.errors import UsageError
-from hlb.recipes import Recipe
+from hlb.recipes import Recipe, get_recipe
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _WANTED = {bool: "true or false", int: "an integer", float: "a number",
@@ -58,3 +59,38 @@ def override(recipe, assignments):
     if problems:
         raise UsageError("; ".join(problems))
     return recipe
+
+
+def parse_flags(flags, label):
+    """The `--recipe NAME` and `--set KEY=VALUE` items of one string (a compare arm, a sweep
+    cell, verify's baseline): (the recipe's name or None, the "key=value" texts). Anything
+    else is a one-line UsageError beginning with `label`."""
+    try:
+        words = shlex.split(flags)
+    except ValueError as e:
+        raise UsageError(f"{label}: {flags!r}: {e}") from None
+    name, sets = None, []
+    while words:
+        word = words.pop(0)
+        flag, sep, value = word.partition("=")
+        if flag not in ("--recipe", "--set"):
+            raise UsageError(f"{label}: {word!r} is not --recipe NAME or --set KEY=VALUE")
+        if not sep:
+            if not words:
+                raise UsageError(f"{label}: {flag} needs a value")
+            value = words.pop(0)
+        if flag == "--recipe":
+            name = value
+        else:
+            sets.append(value)
+    return name, sets
+
+
+def flags_recipe(flags, base, label):
+    """(recipe, the --set texts) of a flags string (parse_flags): `--recipe` names the recipe
+    it starts from, else it is `base` (a name)."""
+    name, sets = parse_flags(flags, label)
+    try:
+        return override(get_recipe(name or base), sets), sets
+    except UsageError as e:
+        raise UsageError(f"{label}: {e}") from None

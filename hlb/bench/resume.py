@@ -12,6 +12,7 @@ compare record (arms a and b) and a sweep record (the base, then each cell: hlb.
 """
 
 import json
+import shlex
 
 from hlb.errors import HlbError, UsageError
 from hlb.bench.records import (VERIFICATION_FORMAT, check_integrity, check_record, load_json,
@@ -152,6 +153,10 @@ def check_grid(data, path, grid):
     if data["vary"] != ours:
         raise _differs(path, "--vary", _vary_text(ours), _vary_text(data["vary"]),
                        data.get("argv"))
+    if data.get("cell_flags", []) != grid.cell_flags:
+        shown = [" ".join(f"--cell {shlex.quote(c)}" for c in flags) or "none"
+                 for flags in (grid.cell_flags, data.get("cell_flags", []))]
+        raise _differs(path, "the cells", *shown, data.get("argv"))
     if data["prune"] != grid.prune:
         said = {True: "given", False: "not given"}
         raise _differs(path, "--prune", said[grid.prune], said[data["prune"]],

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 
 from hlb.errors import UsageError
-from hlb.bench.overrides import override, settable
+from hlb.bench.overrides import flags_recipe, override, parse_flags, settable
 from hlb.recipes import Recipe
 from hlb.bench.report import Listener, jsonable, record_dict
 from hlb.bench.stats import (DiffTest, confidence_interval, holm_adjust, mean, one_sided_p,
@@ -53,9 +53,10 @@ class Cell:
 class Grid:
     base: Cell
     axes: list            # (key, [value texts]) per --vary, in order
-    cells: list           # Cell per combination, the first key slowest
+    cells: list           # Cell per combination, the first key slowest (or per --cell)
     runs: int
     prune: bool = False
+    cell_flags: list = field(default_factory=list)     # the --cell texts, when given
 
 
 def _checked(recipe, key, text):
@@ -113,11 +114,15 @@ def _check_size(cells, runs, prune):
                          f"after {PRUNE_MIN_PAIRS} paired runs at the earliest")
 
 
-def make_grid(recipe, sets, varies, runs, prune=False):
-    """The base (recipe with the --set items) and every cell of the --vary grid, checked."""
+def make_grid(recipe, sets, varies, runs, prune=False, cells=()):
+    """The base (recipe with the --set items) and every cell, checked: the cells of the
+    --vary grid, or each --cell as given."""
     base = override(recipe, sets)
-    if not varies:
-        raise UsageError("a sweep needs at least one --vary KEY=V1,V2,...")
+    if bool(varies) == bool(cells):
+        raise UsageError("a sweep needs --vary KEY=V1,V2,... (a grid) or --cell FLAGS (each "
+                         "variant as given), one or the other")
+    if cells:
+        return _listed(base, sets, cells, runs, prune)
     set_keys = {s.partition("=")[0].strip() for s in sets}
     axes = []
     for item in varies:
@@ -139,6 +144,22 @@ def make_grid(recipe, sets, varies, runs, prune=False):
             raise UsageError(f"cell {name}: {e}") from None
         cells.append(Cell(name, values, cell, (*sets, *varied)))
     return Grid(Cell("base", {}, base, tuple(sets)), axes, cells, runs, prune)
+
+
+def _listed(base, sets, flags, runs, prune):
+    """A sweep of the --cell variants: each the base with its own --set items, or, naming
+    --recipe, that recipe with them (compare's arms are written alike)."""
+    _check_size(len(flags), runs, prune)
+    cells = []
+    for text in flags:
+        name, cell_sets = parse_flags(text, f"--cell {text!r}")
+        recipe = (override(base, cell_sets) if name is None
+                  else flags_recipe(text, base.name, f"--cell {text!r}")[0])
+        label = " ".join(([f"recipe {name}"] if name else []) + cell_sets) or "(the base)"
+        if label in [c.name for c in cells]:
+            raise UsageError(f"--cell {text!r} is given twice")
+        cells.append(Cell(label, {}, recipe, tuple(cell_sets) if name else (*sets, *cell_sets)))
+    return Grid(Cell("base", {}, base, tuple(sets)), [], cells, runs, prune, list(flags))
 
 
 # Statistics: one row per cell
@@ -347,7 +368,8 @@ def sweep_dict(outcome, argv=None):
                       "dropped": outcome.dropped.get(j), **part})
     data.update(format=FORMAT, runs_asked=grid.runs, prune=grid.prune, alpha=ALPHA,
                 correction=correction(len(grid.cells)),
-                vary=[{"key": k, "values": v} for k, v in grid.axes], cells=cells,
+                vary=[{"key": k, "values": v} for k, v in grid.axes],
+                cell_flags=grid.cell_flags, cells=cells,
                 table=jsonable([dataclasses.asdict(r) for r in outcome.rows()]))
     return data
 
