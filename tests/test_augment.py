@@ -1,3 +1,6 @@
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -178,3 +181,24 @@ def test_batches_come_in_the_asked_memory_format():
         recipe = recipe_for(64, 16, "flip=random")
         x, _ = TrainBatches(images, labels, recipe, memory_format=fmt).epoch(0)
         assert x.is_contiguous(memory_format=fmt)
+
+
+def readme_augmentation():
+    """The example augmentation of README.md's "Adding an augmentation", as code."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("**Adding an augmentation.**", 1)[1].split("    @augmentation", 1)[1]
+    lines = ["    @augmentation"] + block.split("\n\n", 1)[0].splitlines()[1:]
+    return textwrap.dedent("\n".join(lines))
+
+
+def test_the_readmes_example_augmentation_runs_as_written(monkeypatch):
+    source = readme_augmentation()
+    name = source.split("def ", 1)[1].split("(", 1)[0]
+    monkeypatch.setitem(AUGMENTATIONS, name, None)          # removed again after the test
+    exec(source, {"augmentation": augmentation, "torch": torch})
+    torch.manual_seed(0)
+    images = torch.rand(1000, 3, 8, 8)
+    recipe = recipe_for(1000, 100, f"augment=crop,flip,{name}")
+    out = TrainBatches(images, torch.arange(1000), recipe).augmented(0)
+    grey = (out == out[:, :1]).all(dim=(1, 2, 3))
+    assert out.shape == images.shape and 40 < grey.sum() < 180      # about one in ten

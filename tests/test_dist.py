@@ -320,3 +320,19 @@ def test_processes_that_share_gpus_take_turns_and_talk_over_gloo():
     assert placement(2, "cpu", False, 0) == ("cpu", "gloo")
     with pytest.raises(HlbError, match="only 1 GPU.*or share them with --accuracy-only"):
         placement(1, "cuda", False, 1)
+
+
+def test_verify_under_torchrun_reruns_the_claim_over_the_processes(single, cifar_dir, tmp_path):
+    claim, out = tmp_path / "claim.json", tmp_path / "v.json"
+    claim.write_text(json.dumps(single))            # four runs of one plain process
+    result = run([*_torchrun(2), "verify", str(claim), "--device", "cpu", "--no-save",
+                  "--baseline", " ".join(TINY[:2] + TINY[4:]), "--data-dir", str(cifar_dir),
+                  "--json", str(out)], env=ONE_THREAD)
+    # One epoch on 256 images stays far from the smoke recipe's 50% target: not reproduced,
+    # and said once, by rank 0; the reruns themselves equal the claim's runs.
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.count("verdict: not reproduced") == 1
+    assert "does not clear the target 50.00%" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["dist"]["world_size"] == 2
+    assert [r["tta_acc"] for r in data["entry"]["runs"]] == [r["tta_acc"] for r in single["runs"]]

@@ -172,3 +172,14 @@ def test_a_failure_that_is_not_compiles_is_not_hidden(monkeypatch):
     monkeypatch.setattr(run, "run", lambda *a, **k: (_ for _ in ()).throw(ValueError("bug")))
     with pytest.raises(ValueError, match="bug"):
         run.warmup()
+
+
+def test_the_recipe_levers_together_still_learn():
+    # SiLU, colour jitter, a lower resolution for the first epoch, a clean last epoch and a
+    # decoupled Muon decay, on the Muon method (recipe 94, run eagerly on the CPU).
+    recipe = override(RECIPES["94"], TINY + [
+        "activation=silu", "augment=crop,flip,jitter", "image_sizes=24,32", "clean_epochs=1",
+        "muon_weight_decay=0.002", "whiten_bias_epochs=0.5"])
+    result = prepare(recipe, synthetic_cifar(), "cpu").run(seed=0)
+    assert not result.diverged and result.tta_acc > 0.4                # chance is 0.1
+    assert result.epochs[-1].train_loss < result.epochs[0].train_loss

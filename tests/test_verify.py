@@ -228,6 +228,7 @@ def test_board_ranks_verified_entries_and_lists_a_broken_one_apart(planted, tmp_
     assert [r.split(" | ")[0] for r in rows[:3]] == ["| 1", "| 2", "| 3"]
     assert "lr=4" in rows[0] and "lr=6" in rows[1] and "lr=12" in rows[2]
     assert "| 0.500 (0.500 to 0.500) |" in rows[0]                  # 4/8, run by run
+    assert "| --recipe smoke --set train_images=512" in rows[0]        # arm a, the baseline
     apart = out.split("Not ranked:")[1]
     assert "cut.json" in apart and "is not JSON" in apart
     assert "edited.json" in apart and "does not follow from its claim and its runs" in apart

@@ -16,7 +16,7 @@ from pathlib import Path
 from hlb.bench.code import describe
 from hlb.bench.plot import figure, save_png
 from hlb.bench.records import VERIFICATION_FORMAT, load_json
-from hlb.bench.verify import kind_of, read_claim
+from hlb.bench.verify import baseline_flags, kind_of, read_claim
 from hlb.errors import HlbError
 
 
@@ -47,7 +47,7 @@ def _entry(path, data):
     acc, time = result["accuracy"], result["time"]
     env = data["entry"]["environment"]
     name = " ".join([f"recipe {claim['recipe']}", *claim["overrides"]])
-    return Entry(path, name, claim["baseline"] or "--recipe 94", _number(acc["target"]),
+    return Entry(path, name, baseline_flags(data["baseline"]), _number(acc["target"]),
                  acc["n"], _number(acc["mean"]), tuple(map(_number, acc["ci95"])),
                  _number(time["ratio"]), tuple(map(_number, time["ratio_ci95"])),
                  env.get("gpu") or data["entry"]["device"], describe(claim["code"]),

@@ -226,7 +226,7 @@ def result_lines(data):
     acc, time = result["accuracy"], result["time"]
     lo, hi = acc["ci95"] if acc["ci95"][0] is not None else ("n/a", "n/a")
     ci = f"{100 * lo:.2f} to {100 * hi:.2f}" if lo != "n/a" else "n/a"
-    lines = [f"claim: {claim['path']} (recipe {claim['recipe']} {' '.join(claim['overrides'])}"
+    lines = [f"claim: {claim['path']} (recipe {' '.join([claim['recipe'], *claim['overrides']])}"
              f"; {claim['n']} runs on {claim['gpu'] or claim['device']}, "
              f"{describe(claim['code'])}): mean {_percent(claim['acc_mean'])}",
              f"accuracy: rerun mean {_percent(acc['mean'])} (95% CI {ci}, n={acc['n']}); "
