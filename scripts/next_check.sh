@@ -6,7 +6,7 @@
 #                             then its time beside airbench94_muon's and beside commit
 #                             181efb7's (the exact levers since then)
 #   scripts/next_check.sh B   the second reference: hiverge's cifar10_speedrun beside recipe 94
-#                             and airbench94_muon
+#                             and airbench94_muon, then a profile of recipe 94's run
 #   scripts/next_check.sh C   the recipe levers and kernel autotuning: one pruned sweep of
 #                             variants against recipe 94, interleaved run by run
 #   scripts/next_check.sh D   recipes 95 and 96, the 4 GiB cap, torchrun (nccl) against a plain run
@@ -43,7 +43,7 @@ case "$check" in
   B)
     need .ref/airbench94_muon.py .ref/cifar10_speedrun.py
     export REFERENCES="airbench $here/.ref/airbench94_muon.py 10; hiverge $here/.ref/cifar10_speedrun.py 10"
-    export REF_PROFILE=0 VARIANTS="default 94 15" ;;
+    export REF_PROFILE=0 VARIANTS="default 94 15" PROFILE=default ;;
   C)
     cells=()
     for lever in "${LEVERS[@]}"; do cells+=(--cell "'$lever'"); done
