@@ -77,9 +77,11 @@ class PreparedRun:
             if isinstance(e, torch.cuda.OutOfMemoryError) or not (how.compile or how.capture):
                 raise
             first = (str(e).splitlines() or [""])[0][:200]
-            self.fallback = (f"{'compile' if how.compile else 'capture'} failed on this device "
-                             f"({type(e).__name__}: {first}); running eagerly instead (--set "
-                             "compile=false --set capture_step=false skips them)")
+            what = " or ".join(name for name, on in (("compile", how.compile),
+                                                      ("capture", how.capture)) if on)
+            self.fallback = (f"{what} failed on this device ({type(e).__name__}: {first}); "
+                             "running eagerly instead (--set compile=false --set "
+                             "capture_step=false skips them)")
             self.execution = how.eager()
             self._make_step()
             self._warm()

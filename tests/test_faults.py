@@ -228,3 +228,34 @@ def test_an_unexpected_error_before_the_runs_is_one_line_too(monkeypatch, runs_d
     monkeypatch.setenv("HLB_DEBUG", "1")
     with pytest.raises(ValueError, match="no such thing"):
         main(TINY)
+
+
+def test_a_failed_compile_is_one_line_and_the_runs_go_on_eagerly(synthetic_data, monkeypatch,
+                                                                 tmp_path, capsys):
+    # As on a GPU without a working Triton: the compiled callables fail when first called.
+    import dataclasses
+    train = sys.modules["hlb.train"]         # the module: hlb.train is the Python API's function
+
+    def compiling(recipe, device):
+        return dataclasses.replace(real(recipe, device), compile=True, warmup=True)
+
+    def broken(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("Cannot find a working triton installation. Either the package "
+                               "is not installed or it is too old.\nMore lines")
+        return call
+
+    real = train.execution
+    monkeypatch.setattr(train, "execution", compiling)
+    monkeypatch.setattr(torch, "compile", broken)
+    out = tmp_path / "r.json"
+    assert main([*TINY, "--runs", "2", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.out.splitlines() if line.startswith("note: ")]
+    assert notes == ["note: compile failed on this device (RuntimeError: Cannot find a working "
+                     "triton installation. Either the package is not installed or it is too "
+                     "old.); running eagerly instead (--set compile=false --set "
+                     "capture_step=false skips them)"]
+    assert "Traceback" not in captured.err and captured.err == ""
+    record = json.loads(out.read_text())
+    assert record["fallback"] == notes[0][len("note: "):] and record["summary"]["n"] == 2
