@@ -10,8 +10,9 @@
 # The one place the version lives: pyproject.toml reads it, every record carries it.
 __version__ = "0.1.0"
 
-from hlb.recipes import RECIPES, Recipe  # noqa: E402  (after __version__, which report reads)
+# The imports come after __version__, which hlb.bench.report reads.
 from hlb.bench.runs import Record, train  # noqa: E402
 from hlb.bench.saved import load, save  # noqa: E402
+from hlb.recipes import RECIPES, Recipe  # noqa: E402
 
 __all__ = ["RECIPES", "Recipe", "Record", "__version__", "load", "save", "train"]

@@ -13,9 +13,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import synthetic_cifar  # noqa: E402
 from hlb.bench.overrides import override  # noqa: E402
-from hlb.recipes import RECIPES  # noqa: E402
 from hlb.bench.report import Table, summary_lines  # noqa: E402
 from hlb.bench.runs import resolve_device, run_recipe  # noqa: E402
+from hlb.recipes import RECIPES  # noqa: E402
 
 
 def main():

@@ -25,9 +25,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hlb.errors import HlbError  # noqa: E402
 from hlb.bench.report import Listener  # noqa: E402
 from hlb.bench.runs import PreparedRecipe, checked_call, load_data  # noqa: E402
+from hlb.errors import HlbError  # noqa: E402
 
 # Kernel name fragments by kind, first match wins; a rough split, by name only.
 KINDS = (("copies and fills", ("memcpy", "memset")),

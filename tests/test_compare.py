@@ -4,7 +4,7 @@ import math
 import pytest
 
 from hlb.bench.compare import (compare, compare_records, comparison_dict, comparison_lines,
-                         load_record)
+                               load_record)
 from hlb.errors import HlbError, UsageError
 from hlb.train import RunResult
 

@@ -23,10 +23,10 @@ import torch
 import hlb.bench.runs
 from conftest import synthetic_cifar
 from hlb.bench.dist import World, _alive, _short, timeout_s, world_from_env
-from hlb.errors import HlbError, UsageError
 from hlb.bench.overrides import override
-from hlb.recipes import get_recipe
 from hlb.bench.report import Listener
+from hlb.errors import HlbError, UsageError
+from hlb.recipes import get_recipe
 from hlb.train import PreparedRun
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hlb.bench.cli import main
-from hlb.errors import UsageError
 from hlb.bench.overrides import override, settable
+from hlb.errors import UsageError
 from hlb.recipes import RECIPES, Recipe
 
 ROOT = Path(__file__).resolve().parents[1]

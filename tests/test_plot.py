@@ -8,8 +8,8 @@ pytest.importorskip("matplotlib")     # optional dependency: requirements-plot.t
 from test_records import make_record    # noqa: E402  (the tests folder is on sys.path)
 
 from hlb.bench import plot  # noqa: E402
-from hlb.errors import HlbError, UsageError  # noqa: E402
 from hlb.bench.plot import plot_records  # noqa: E402
+from hlb.errors import HlbError, UsageError  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -6,9 +6,9 @@ import pytest
 
 from hlb.bench import records
 from hlb.bench.cli import main
-from hlb.errors import HlbError
 from hlb.bench.records import (default_runs_dir, list_records, number, overrides_of, read_record,
-                         records_table, save_record)
+                               records_table, save_record)
+from hlb.errors import HlbError
 
 
 def make_record(name="smoke", accs=(0.50, 0.56), times=(20.0, 22.0), argv=None,

@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-from hlb.recipes import RECIPES
 from hlb.bench.report import (Progress, Table, clock, duration, record_dict, summary_lines,
-                        write_json_atomic)
+                              write_json_atomic)
 from hlb.bench.runs import Record
 from hlb.bench.stats import summarize
+from hlb.recipes import RECIPES
 from hlb.train import EpochRow, RunResult
 
 

@@ -4,13 +4,12 @@ rounds, the round hook, stopping, filing in run order and failures are checked i
 import pytest
 import torch
 
-import hlb.bench.runs
 from conftest import synthetic_cifar
-from hlb.errors import HlbError, Unexpected
 from hlb.bench.overrides import override
-from hlb.recipes import RECIPES
 from hlb.bench.report import Listener
 from hlb.bench.runs import LocalScheduler, PreparedRecipe, Stopped, run_rounds
+from hlb.errors import HlbError, Unexpected
+from hlb.recipes import RECIPES
 from hlb.train import EpochRow, PreparedRun, RunResult
 
 RECIPE = override(RECIPES["smoke"], ["train_images=256", "test_images=128", "batch_size=64",

@@ -17,14 +17,14 @@ import torch
 import hlb
 from hlb.augment import normalize
 from hlb.bench.cli import main
-from hlb.errors import HlbError
-from hlb.evaluate import plain_evaluation, tta_accuracy
 from hlb.bench.overrides import override
-from hlb.recipes import get_recipe
 from hlb.bench.saved import (FORMAT, load_saved, read_safetensors, save, save_model,
                              write_safetensors)
+from hlb.errors import HlbError
+from hlb.evaluate import plain_evaluation, tta_accuracy
 from hlb.execution import execution
 from hlb.model import build_net
+from hlb.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train_images=600", "test_images=300", "batch_size=100", "epochs=1",

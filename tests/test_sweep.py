@@ -14,11 +14,11 @@ import hlb.bench.runs
 import hlb.bench.sweep
 from conftest import synthetic_cifar
 from hlb.bench import cli
-from hlb.errors import UsageError
-from hlb.recipes import get_recipe
 from hlb.bench.stats import holm_adjust, paired_test
 from hlb.bench.sweep import (ALPHA, Grid, critical_t, make_grid, prune_level, rank, to_drop,
-                       verdict)
+                             verdict)
+from hlb.errors import UsageError
+from hlb.recipes import get_recipe
 from hlb.train import PreparedRun, RunResult
 
 SMOKE = get_recipe("smoke")

@@ -10,10 +10,10 @@ pair is left out of the paired test.
 import math
 from dataclasses import asdict, dataclass
 
-from hlb.errors import HlbError, UsageError
 from hlb.bench.records import number, read_record
 from hlb.bench.report import jsonable
 from hlb.bench.stats import DiffTest, mean, paired_test, runs_needed, std, welch_test
+from hlb.errors import HlbError, UsageError
 
 RUN_KEYS = ("tta_acc", "train_time_s", "seed", "diverged")
 

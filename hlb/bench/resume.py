@@ -14,12 +14,12 @@ compare record (arms a and b) and a sweep record (the base, then each cell: hlb.
 import json
 import shlex
 
-from hlb.errors import HlbError, UsageError
+from hlb.bench.code import describe, identity
 from hlb.bench.records import (VERIFICATION_FORMAT, check_integrity, check_record, load_json,
                                runs_of, whole)
-from hlb.bench.code import describe, identity
 from hlb.bench.report import jsonable
 from hlb.bench.sweep import FORMAT as SWEEP_FORMAT
+from hlb.errors import HlbError, UsageError
 
 _HINT = "run the command again without --resume"
 # What a resumable record holds besides its runs, and the kind of each.

@@ -27,12 +27,12 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from hlb.errors import UsageError
 from hlb.bench.overrides import flags_recipe, override, parse_flags, settable
-from hlb.recipes import Recipe
 from hlb.bench.report import Listener, jsonable, record_dict
 from hlb.bench.stats import (DiffTest, confidence_interval, holm_adjust, mean, one_sided_p,
-                       paired_test, summarize, t_quantile)
+                             paired_test, summarize, t_quantile)
+from hlb.errors import UsageError
+from hlb.recipes import Recipe
 
 FORMAT = "hlb-cifar10 sweep v1"
 ALPHA = 0.05              # family-wise error over all cells
