@@ -57,6 +57,11 @@ def _prog(command=""):
     return f"{name} {command}".rstrip()
 
 
+def _command(name, description):
+    """The parser of one command (`name` "" for the main one): errors in one line."""
+    return _Parser(prog=_prog(name), description=description)
+
+
 def _seed(text):
     """A --seed: a whole number, not negative (argparse turns the error into one line)."""
     try:
@@ -102,10 +107,10 @@ def _add_place_flags(p, json_help):
 
 
 def build_parser():
-    p = _Parser(prog=_prog(),
-                description="Train a network on CIFAR-10 and report accuracy and time. "
-                            "Other commands: compare, sweep, verify, board, eval, plot, runs "
-                            "(each with --help).")
+    p = _command("",
+                 "Train a network on CIFAR-10 and report accuracy and time. "
+                 "Other commands: compare, sweep, verify, board, eval, plot, runs "
+                 "(each with --help).")
     _add_run_flags(p, f"one of: {', '.join(RECIPES)}", 1, "timed runs",
                    "write the full record here",
                    "override a recipe value, e.g. --set epochs=8 (repeatable)")
@@ -123,9 +128,9 @@ def build_parser():
 
 
 def build_compare_parser():
-    p = _Parser(prog=_prog("compare"),
-                description="Compare two variants, run interleaved with the same seeds, or "
-                            "two saved records (A.json B.json).")
+    p = _command("compare",
+                 "Compare two variants, run interleaved with the same seeds, or "
+                 "two saved records (A.json B.json).")
     p.add_argument("records", nargs="*", metavar="RECORD.json")
     for arm in "ab":
         p.add_argument(f"--{arm}", default="", metavar="FLAGS",
@@ -137,9 +142,9 @@ def build_compare_parser():
 
 
 def build_sweep_parser():
-    p = _Parser(prog=_prog("sweep"),
-                description="Run the base recipe and every cell of a grid, interleaved with "
-                            "the same seeds; rank the cells against the base.")
+    p = _command("sweep",
+                 "Run the base recipe and every cell of a grid, interleaved with "
+                 "the same seeds; rank the cells against the base.")
     _add_run_flags(p, "the base recipe", 5, "runs of the base and of each cell",
                    "write the sweep's record here", "change the base (repeatable)")
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -533,9 +538,9 @@ def _save_model(path, record, error):
 
 
 def _eval(argv):
-    p = _Parser(prog=_prog("eval"),
-                description="Test a network saved with --save-model: plain and TTA accuracy "
-                            "on the test images of its recipe, beside what its run reported.")
+    p = _command("eval",
+                 "Test a network saved with --save-model: plain and TTA accuracy "
+                 "on the test images of its recipe, beside what its run reported.")
     p.add_argument("model", metavar="PATH")
     p.add_argument("--data-dir", default=None,
                    help="where CIFAR-10 lives (default $HLB_DATA_DIR, else ./data)")
@@ -546,9 +551,9 @@ def _eval(argv):
 
 
 def _plot(argv):
-    p = _Parser(prog=_prog("plot"),
-                description="Plot records: accuracy against time, final accuracies side by "
-                            "side, loss curves (needs requirements-plot.txt).")
+    p = _command("plot",
+                 "Plot records: accuracy against time, final accuracies side by "
+                 "side, loss curves (needs requirements-plot.txt).")
     p.add_argument("records", nargs="+", metavar="RECORD.json")
     p.add_argument("-o", "--output", default="plot.png", help="PNG to write (default plot.png)")
     args = p.parse_args(argv)
@@ -557,7 +562,7 @@ def _plot(argv):
 
 
 def _runs(argv):
-    p = _Parser(prog=_prog("runs"), description="List the kept records, newest first.")
+    p = _command("runs", "List the kept records, newest first.")
     p.add_argument("--dir", default=None, help="runs folder (default $HLB_RUNS_DIR or ./runs)")
     args = p.parse_args(argv)
     runs_dir = Path(args.dir) if args.dir else default_runs_dir()
@@ -566,12 +571,12 @@ def _runs(argv):
 
 
 def build_verify_parser():
-    p = _Parser(prog=_prog("verify"),
-                description="Run a record's recipe again here, interleaved with a baseline and "
-                            "with the record's seeds, and say whether its claim holds: its "
-                            "accuracy (consistent with the claim, above its recipe's target) "
-                            "and its time ratio to the baseline. Writes a verification record "
-                            "(kept under runs/; `board` ranks them).")
+    p = _command("verify",
+                 "Run a record's recipe again here, interleaved with a baseline and "
+                 "with the record's seeds, and say whether its claim holds: its "
+                 "accuracy (consistent with the claim, above its recipe's target) "
+                 "and its time ratio to the baseline. Writes a verification record "
+                 "(kept under runs/; `board` ranks them).")
     p.add_argument("record", metavar="RECORD.json",
                    help="a record written by main.py --json, compare --json (arm b is the "
                         "entry, arm a its baseline) or verify --json")
@@ -637,10 +642,10 @@ def _verify(argv):
 
 
 def _board(argv):
-    p = _Parser(prog=_prog("board"),
-                description="A leaderboard of verification records (verify --json, or kept "
-                            "under runs/), as Markdown: verified entries ranked by target and "
-                            "time ratio, the rest apart with their reason.")
+    p = _command("board",
+                 "A leaderboard of verification records (verify --json, or kept "
+                 "under runs/), as Markdown: verified entries ranked by target and "
+                 "time ratio, the rest apart with their reason.")
     p.add_argument("dirs", nargs="*", metavar="DIR", help="folders (or files) to read "
                    "(default: the runs folder, $HLB_RUNS_DIR or ./runs)")
     p.add_argument("--plot", default=None, metavar="PNG",
