@@ -58,3 +58,11 @@ LIMITS = {"function": 60, "class": 150}
 def test_no_function_over_60_lines_and_no_class_over_150(path):
     too_long = [(kind, name, n) for kind, name, n in sizes(path) if n > LIMITS[kind]]
     assert too_long == []
+
+
+def test_ci_runs_the_readmes_test_command_exactly():
+    root = HLB.parent
+    command = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
+    two_commands = (root / "README.md").read_text().split("## Two commands", 1)[1]
+    assert f"\n    {command}\n" in two_commands.split("\n## ", 1)[0]
+    assert "requirements-test.txt" in command and "pytest" in command
