@@ -154,8 +154,7 @@ class TrainBatches:
         pad = recipe.translate if "crop" in recipe.augment else 0
         self.source = F.pad(images, (pad,) * 4, mode="reflect") if pad else images
         self.base_flip = self.coin(len(images))
-        epochs = -(-recipe.total_steps() // recipe.steps_per_epoch())
-        self.clean_from = epochs - recipe.clean_epochs
+        self.clean_from = recipe.epoch_count() - recipe.clean_epochs
 
     def uniform(self, n):
         """n draws from U(0, 1), one per image, shaped to broadcast over NCHW images."""

@@ -99,6 +99,10 @@ class Recipe:
         # Round up, with a tolerance so that 2.0 epochs of 48 steps is 96 steps, not 97.
         return max(1, math.ceil(self.steps_per_epoch() * self.epochs - 1e-9))
 
+    def epoch_count(self):
+        """The epochs a run starts (the last one cut short when `epochs` has a fraction)."""
+        return math.ceil(self.total_steps() / self.steps_per_epoch())
+
     def to_dict(self):
         return dataclasses.asdict(self)
 

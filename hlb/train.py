@@ -113,8 +113,7 @@ class PreparedRun:
         step.reset()
         result, watch = RunResult(run=run, seed=seed), Stopwatch(self.execution.cuda)
         memory = PeakMemory(self.execution)
-        total = recipe.total_steps()
-        epochs = math.ceil(total / recipe.steps_per_epoch())
+        total, epochs = recipe.total_steps(), recipe.epoch_count()
 
         watch.start()
         batches, test_images = self.prepare_data()

@@ -55,8 +55,7 @@ def main():
     at = [sizes[min(s // per_epoch, len(sizes) - 1)] for s in range(total)]
     train = sum(at.count(size) * step(size) for size in set(at))
     tta = evaluation(recipe.tta_level)
-    epochs = -(-total // per_epoch)
-    plain = evaluation(0) * epochs
+    plain = evaluation(0) * recipe.epoch_count()
     views = tta / forward_per_image / recipe.test_images
     print(f"recipe {recipe.name}: forward {forward_per_image / 1e9:.3f} GFLOP per image")
     print(f"  training  {total} steps, {train / total / 1e12:.3f} TFLOP a step on average = "

@@ -16,7 +16,8 @@ from pathlib import Path
 from hlb.bench.code import describe
 from hlb.bench.plot import figure, save_png
 from hlb.bench.records import VERIFICATION_FORMAT, load_json
-from hlb.bench.verify import baseline_flags, kind_of, read_claim
+from hlb.bench.resume import kind_of
+from hlb.bench.verify import check_claim, record_flags
 from hlb.errors import HlbError
 
 
@@ -47,7 +48,7 @@ def _entry(path, data):
     acc, time = result["accuracy"], result["time"]
     env = data["entry"]["environment"]
     name = " ".join([f"recipe {claim['recipe']}", *claim["overrides"]])
-    return Entry(path, name, baseline_flags(data["baseline"]), _number(acc["target"]),
+    return Entry(path, name, record_flags(data["baseline"]), _number(acc["target"]),
                  acc["n"], _number(acc["mean"]), tuple(map(_number, acc["ci95"])),
                  _number(time["ratio"]), tuple(map(_number, time["ratio_ci95"])),
                  env.get("gpu") or data["entry"]["device"], describe(claim["code"]),
@@ -71,7 +72,7 @@ def read_board(dirs):
                     raise HlbError(f"{path} is not an hlb record (no runs, no verification)")
                 skipped += 1
                 continue
-            read_claim(path)                  # its parts add up, its answer follows from them
+            check_claim(data, path)           # its parts add up, its answer follows from them
             entries.append(_entry(path, data))
         except HlbError as e:
             broken.append((path, str(e)))

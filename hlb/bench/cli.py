@@ -15,7 +15,6 @@ stay silent and exit 0 (130 on Ctrl-C), except for an error only they can report
 import argparse
 import contextlib
 import os
-import shlex
 import signal
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from hlb.bench import resume
 from hlb.bench.board import board_lines, plot_board, read_board
+from hlb.bench.code import running_code
 from hlb.bench.compare import compare, compare_records, comparison_dict, comparison_lines
 from hlb.bench.dist import world_from_env
 from hlb.bench.overrides import flags_recipe, override
@@ -37,8 +37,8 @@ from hlb.bench.report import (Progress, Table, jsonable, record_dict, summary_li
 from hlb.bench.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
 from hlb.bench.saved import evaluate_saved, save
 from hlb.bench.sweep import SweepRun, make_grid, sweep_dict, table_lines
-from hlb.bench.verify import (check_code, check_data, claimed, judge, read_claim, result_lines,
-                              verification_dict)
+from hlb.bench.verify import (check_code, check_data, claimed, judge, read_claim, record_flags,
+                              result_lines, verification_dict)
 from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
 from hlb.files import reason
 from hlb.recipes import RECIPES, get_recipe
@@ -277,6 +277,7 @@ def _train(args, command):
     """Device, scheduler, the checks made before any data, banner, data, prepare, restore,
     the runs; then, on rank 0, the lines, the record kept, and the exit status."""
     wall = time.perf_counter()
+    running_code()              # which code runs is read now, before the runs
     device = resolve_device(args.device)
     with scheduler_for(device, command.accuracy_only) as scheduler:
         saved = _check_start(args, command, device, scheduler)
@@ -595,9 +596,7 @@ def _verify(argv):
     data, checked, sha256 = read_claim(args.record)
     check_code(data, args.record)
     claim = claimed(args.record, sha256, checked)
-    entry = flags_recipe(" ".join(["--recipe", shlex.quote(claim["recipe"])]
-                                  + [f"--set {shlex.quote(o)}" for o in claim["overrides"]]),
-                         "94", f"{args.record}: its recipe")
+    entry = flags_recipe(record_flags(checked[0][0]), "94", f"{args.record}: its recipe")
     if jsonable(entry[0].to_dict()) != jsonable(checked[0][0]["recipe"]):
         raise HlbError(f"{args.record}: its recipe values are not those its name and --set "
                        "give here (edited?)")

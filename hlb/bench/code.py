@@ -9,6 +9,7 @@
   check out the commit, `git apply` the diff. Outside a checkout these are None.
 """
 
+import functools
 import hashlib
 import re
 import subprocess
@@ -51,7 +52,7 @@ def working_diff(checkout=CHECKOUT):
     untracked files in it as new files), as bytes; None outside a checkout."""
     paths = ["main.py", PACKAGE.name]
     tracked = _git("diff", "HEAD", "--binary", "--", *paths, cwd=checkout)
-    if tracked is None or git_commit(checkout) is None:
+    if tracked is None:
         return None
     listed = _git("ls-files", "--others", "--exclude-standard", "-z", "--", *paths,
                   cwd=checkout) or b""
@@ -61,15 +62,23 @@ def working_diff(checkout=CHECKOUT):
 
 
 def identity(package=PACKAGE, checkout=CHECKOUT):
-    """What a record keeps of its code (see the module's text)."""
-    diff = working_diff(checkout) if (checkout / ".git").exists() else None
+    """What a record keeps of its code (see the module's text), read now."""
+    commit = git_commit(checkout) if (checkout / ".git").exists() else None
+    diff = working_diff(checkout) if commit else None
     return {
         "source_sha256": source_sha256(package),
-        "git_commit": git_commit(checkout) if diff is not None else None,
+        "git_commit": commit if diff is not None else None,
         "dirty": None if diff is None else bool(diff),
         "diff_sha256": hashlib.sha256(diff).hexdigest() if diff else None,
         "diff": diff.decode(errors="replace") if diff and len(diff) <= DIFF_LIMIT else None,
     }
+
+
+@functools.cache
+def running_code():
+    """The identity of the code this process runs: read once, on first use (the command line
+    asks before any run), so that every record of an invocation names the same code."""
+    return identity()
 
 
 def describe(code):

@@ -179,6 +179,22 @@ def _rebuild(cls, row, what, where, hint):
     return cls(**row)
 
 
+# What a record holds besides its runs, to be run again (resumed or verified), and each kind.
+RECORD_FIELDS = {"recipe": dict, "overrides": list, "seed": int, "data_fingerprint": str,
+                 "device": str, "environment": dict}
+
+
+def check_fields(record, where, hint, fields=RECORD_FIELDS):
+    """Refuse, in one line, a record that lacks one of `fields` or holds it of another kind,
+    or whose overrides are not all text."""
+    for key, kind in fields.items():
+        if not isinstance(record.get(key), kind) or kind is int and not whole(record[key]):
+            raise HlbError(f"{where}: {key} is missing or not a {kind.__name__} (cut short or "
+                           f"edited?); {hint}")
+    if not all(isinstance(item, str) for item in record["overrides"]):
+        raise HlbError(f"{where}: overrides are not all text (edited?); {hint}")
+
+
 def runs_of(record, where, hint=_HINT):
     """The runs of a checked record (check_record) as RunResults with their epoch rows, every
     field there and of its type; `where` and `hint` begin and end the one line of a problem."""

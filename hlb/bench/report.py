@@ -11,7 +11,7 @@ import time
 import torch
 
 from hlb import __version__
-from hlb.bench.code import identity
+from hlb.bench.code import running_code
 from hlb.files import write_atomic
 
 COLUMNS = [("run", 5), ("epoch", 5), ("train_loss", 10), ("train_acc", 9), ("val_loss", 8),
@@ -276,7 +276,7 @@ def summary_lines(record):
 def environment():
     """Where and with what the runs ran; `code` says which code (hlb.bench.code)."""
     cuda = torch.cuda.is_available()
-    code = identity()
+    code = running_code()
     return {
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

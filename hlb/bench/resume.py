@@ -14,29 +14,21 @@ compare record (arms a and b) and a sweep record (the base, then each cell: hlb.
 import json
 import shlex
 
-from hlb.bench.code import describe, identity
-from hlb.bench.records import (VERIFICATION_FORMAT, check_integrity, check_record, load_json,
-                               runs_of, whole)
+from hlb.bench.code import describe, running_code
+from hlb.bench.records import (RECORD_FIELDS, VERIFICATION_FORMAT, check_fields,
+                               check_integrity, check_record, load_json, runs_of, whole)
 from hlb.bench.report import jsonable
 from hlb.bench.sweep import FORMAT as SWEEP_FORMAT
 from hlb.errors import HlbError, UsageError
 
 _HINT = "run the command again without --resume"
-# What a resumable record holds besides its runs, and the kind of each.
-_PARTS = {"recipe": dict, "overrides": list, "seed": int, "runs_asked": int,
-          "data_fingerprint": str, "device": str, "environment": dict}
 
 
 def _check_parts(record, where):
     if "runs_asked" not in record:
         raise HlbError(f"--resume {where} was written before records kept how many runs were "
                        f"asked (no runs_asked), so it cannot be resumed; {_HINT}")
-    for key, kind in _PARTS.items():
-        if not isinstance(record.get(key), kind) or kind is int and not whole(record[key]):
-            raise HlbError(f"--resume {where}: {key} is missing or not a {kind.__name__} "
-                           f"(cut short or edited?); {_HINT}")
-    if not all(isinstance(item, str) for item in record["overrides"]):
-        raise HlbError(f"--resume {where}: overrides are not all text (edited?); {_HINT}")
+    check_fields(record, f"--resume {where}", _HINT, {**RECORD_FIELDS, "runs_asked": int})
 
 
 def results_of(record, path, arm=""):
@@ -44,7 +36,8 @@ def results_of(record, path, arm=""):
     return runs_of(record, f"--resume {path}{arm}", _HINT)
 
 
-def _kind(data):
+def kind_of(data):
+    """What a record is: "verification", "compare", "sweep" or "record" (main.py's)."""
     if isinstance(data, dict) and data.get("format") == VERIFICATION_FORMAT:
         return "verification"
     if isinstance(data, dict) and "comparison" in data:
@@ -91,7 +84,7 @@ def read(path, kind="record"):
     """The record at `path` of `kind` ("record": main.py's, "compare", "sweep" or
     "verification"), checked whole, every part (`parts`). Any problem is one HlbError line."""
     data = load_json(path)
-    found = _kind(data)
+    found = kind_of(data)
     if found != kind:
         said = f"is not a {kind}" if found == "record" else f"is a {found}"
         raise UsageError(f"--resume {path} {said} record; resume it with python main.py "
@@ -178,7 +171,7 @@ def same_code(record, ours):
 def check_code(record, path, allow_other):
     """Refuse a record written by other code (another commit, or uncommitted edits that are
     not the tree's), unless `allow_other`."""
-    ours = identity()
+    ours = running_code()
     if not allow_other and not same_code(record, ours):
         env = record["environment"]
         theirs = env.get("code") or {"git_commit": env.get("git_commit")}

@@ -27,12 +27,12 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from hlb.bench.overrides import flags_recipe, override, parse_flags, settable
+from hlb.bench.overrides import override, parse_flags, settable
 from hlb.bench.report import Listener, jsonable, record_dict
 from hlb.bench.stats import (DiffTest, confidence_interval, holm_adjust, mean, one_sided_p,
                              paired_test, summarize, t_quantile)
 from hlb.errors import UsageError
-from hlb.recipes import Recipe
+from hlb.recipes import Recipe, get_recipe
 
 FORMAT = "hlb-cifar10 sweep v1"
 ALPHA = 0.05              # family-wise error over all cells
@@ -153,8 +153,10 @@ def _listed(base, sets, flags, runs, prune):
     cells = []
     for text in flags:
         name, cell_sets = parse_flags(text, f"--cell {text!r}")
-        recipe = (override(base, cell_sets) if name is None
-                  else flags_recipe(text, base.name, f"--cell {text!r}")[0])
+        try:
+            recipe = override(base if name is None else get_recipe(name), cell_sets)
+        except UsageError as e:
+            raise UsageError(f"--cell {text!r}: {e}") from None
         label = " ".join(([f"recipe {name}"] if name else []) + cell_sets) or "(the base)"
         if label in [c.name for c in cells]:
             raise UsageError(f"--cell {text!r} is given twice")

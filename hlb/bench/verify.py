@@ -19,30 +19,18 @@ import hashlib
 import math
 import shlex
 
-from hlb.bench.code import describe, identity
+from hlb.bench.code import describe, running_code
 from hlb.bench.records import VERIFICATION_FORMAT as FORMAT
-from hlb.bench.records import check_integrity, check_record, load_json, same, whole
+from hlb.bench.records import (check_fields, check_integrity, check_record, load_json, same,
+                               whole)
 from hlb.bench.report import environment, jsonable, record_dict
-from hlb.bench.resume import same_code
+from hlb.bench.resume import kind_of, same_code
 from hlb.bench.stats import (above_target, confidence_interval, mean, ratio_of_means, std,
                              welch_from_summaries)
-from hlb.bench.sweep import FORMAT as SWEEP_FORMAT
 from hlb.errors import HlbError, UsageError
 
 ALPHA = 0.05
 _HINT = "verify a record written by main.py --json, compare --json or verify --json"
-# What an entry's or a baseline's record must hold to be run again.
-_NEEDED = {"recipe": dict, "overrides": list, "seed": int, "device": str,
-           "data_fingerprint": str, "environment": dict}
-
-
-def kind_of(data):
-    """"verification", "compare", "sweep" or "record" (main.py's)."""
-    if data.get("format") == FORMAT:
-        return "verification"
-    if "comparison" in data:
-        return "compare"
-    return "sweep" if data.get("format") == SWEEP_FORMAT else "record"
 
 
 def parts(data):
@@ -57,14 +45,9 @@ def parts(data):
 
 def _check_part(record, where):
     check_record(record, where)
-    for key, kind in _NEEDED.items():
-        if not isinstance(record.get(key), kind) or kind is int and not whole(record[key]):
-            raise HlbError(f"{where}: {key} is missing or not a {kind.__name__} (cut short or "
-                           f"edited?); {_HINT}")
-    if not all(isinstance(o, str) for o in record["overrides"]) or not isinstance(
-            record["recipe"].get("name"), str):
-        raise HlbError(f"{where}: its recipe or overrides are not as main.py writes them "
-                       f"(edited?); {_HINT}")
+    check_fields(record, where, _HINT)
+    if not isinstance(record["recipe"].get("name"), str):
+        raise HlbError(f"{where}: its recipe has no name (edited?); {_HINT}")
     return check_integrity(record, where, _HINT)
 
 
@@ -72,6 +55,12 @@ def read_claim(path):
     """(claim data, [(record, its RunResults)] of the entry and any baseline, the file's
     sha256); a file that is not a claim, is cut short or does not add up is one HlbError."""
     data, raw = load_json(path, with_bytes=True)
+    return data, check_claim(data, path), hashlib.sha256(raw).hexdigest()
+
+
+def check_claim(data, path):
+    """[(record, its RunResults)] of a claim's entry and any baseline, each checked whole (a
+    verification's answer recomputed from them too); else one HlbError line."""
     if not isinstance(data, dict):
         raise HlbError(f"{path} is not an hlb record (not a JSON object); {_HINT}")
     if kind_of(data) == "sweep":
@@ -80,7 +69,7 @@ def read_claim(path):
                else _missing(path, label) for record, label in parts(data)]
     if kind_of(data) == "verification":
         check_verification(data, checked, path)
-    return data, checked, hashlib.sha256(raw).hexdigest()
+    return checked
 
 
 def _missing(path, label):
@@ -91,7 +80,7 @@ def check_code(data, path):
     """Refuse (UsageError, exit 2) a claim that other code made: what the rerun would test is
     not what ran."""
     entry = parts(data)[0][0]
-    ours = identity()
+    ours = running_code()
     if not same_code(entry, ours):
         theirs = entry["environment"].get("code") or {
             "git_commit": entry["environment"].get("git_commit")}
@@ -127,15 +116,16 @@ def claimed(path, sha256, checked):
     return jsonable({
         "path": str(path), "sha256": sha256, "recipe": entry["recipe"]["name"],
         "overrides": entry["overrides"], "seed": entry["seed"],
-        "baseline": baseline_flags(rest[0][0]) if rest else None,
+        "baseline": record_flags(rest[0][0]) if rest else None,
         "n": len(accs), "acc_mean": mean(accs) if accs else math.nan, "acc_std": std(accs),
         "time_ratio": ratio[0], "device": entry["device"],
         "gpu": entry["environment"].get("gpu"), "code": entry["environment"].get("code"),
         "date": entry["environment"].get("date")})
 
 
-def baseline_flags(record):
-    """A baseline's record as the flags that run it again (`--baseline`)."""
+def record_flags(record):
+    """A record's recipe and --set values as the flags that run it again (as `--baseline`
+    takes them)."""
     return " ".join(["--recipe", shlex.quote(record["recipe"]["name"])]
                     + [f"--set {shlex.quote(o)}" for o in record["overrides"]])
 
