@@ -153,10 +153,8 @@ class PreparedRun:
         """The training batches and the normalised test images; the whitening layer is set
         from the training images' patches (all of it timed)."""
         recipe, data, how = self.recipe, self.data, self.execution
-        train_images = normalize(data.train_images, how.dtype).contiguous(
-            memory_format=how.memory_format)
-        test_images = normalize(data.test_images, how.dtype).contiguous(
-            memory_format=how.memory_format)
+        train_images = normalize(data.train_images, how.dtype, how.memory_format)
+        test_images = normalize(data.test_images, how.dtype, how.memory_format)
         init_whitening(self.net, train_images[:recipe.whiten_init_images], recipe.whiten_eps)
         # `batches` keeps a padded copy of the training images, and nothing else does.
         batches = TrainBatches(train_images, data.train_labels, recipe, how.memory_format)

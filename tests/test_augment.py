@@ -202,3 +202,97 @@ def test_the_readmes_example_augmentation_runs_as_written(monkeypatch):
     out = TrainBatches(images, torch.arange(1000), recipe).augmented(0)
     grey = (out == out[:, :1]).all(dim=(1, 2, 3))
     assert out.shape == images.shape and 40 < grey.sum() < 180      # about one in ten
+
+
+# The whole-set passes go a chunk at a time, in place where they may: the same values as the
+# plain whole-set formulas (chunks of 7 do not divide the 30 images, so the last is short).
+
+def plain_normalize(images_uint8, dtype, memory_format):
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    return ((images_uint8.float() / 255 - mean) / std).to(dtype).contiguous(
+        memory_format=memory_format)
+
+
+@pytest.mark.parametrize("dtype, fmt", [(torch.float, torch.contiguous_format),
+                                        (torch.float16, torch.channels_last)])
+def test_normalize_in_chunks_matches_the_plain_formula_bit_for_bit(dtype, fmt):
+    images = torch.randint(0, 256, (30, 3, 8, 8), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    for chunk in (7, 1000):
+        out = normalize(images, dtype, fmt, chunk=chunk)
+        assert out.dtype == dtype and out.is_contiguous(memory_format=fmt)
+        assert torch.equal(out, plain_normalize(images, dtype, fmt))
+
+
+def test_random_crop_in_chunks_matches_a_slice_per_image():
+    x = torch.randn(30, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    out = random_crop(padded, 8, torch.Generator().manual_seed(1), chunk=7)
+    g = torch.Generator().manual_seed(1)                    # the same draws, in the same order
+    dy, dx = (torch.randint(0, 5, (30, 1), generator=g) for _ in range(2))
+    plain = torch.stack([padded[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8] for i in range(30)])
+    assert torch.equal(out, plain)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_mirror_in_chunks_and_in_place_matches_the_whole_set_select():
+    x = torch.randn(30, 3, 4, 6)
+    chosen = torch.rand(30, generator=torch.Generator().manual_seed(2)) < 0.5
+    plain = torch.where(chosen.view(-1, 1, 1, 1), x.flip(-1), x)
+    assert torch.equal(mirror(x, chosen, chunk=7), plain)
+    y = x.clone()
+    assert mirror(y, chosen, in_place=True, chunk=7) is y and torch.equal(y, plain)
+
+
+def test_zero_square_in_place_matches_a_new_tensor():
+    x = torch.rand(30, 3, 8, 8) + 1
+    new = zero_square(x, 3, torch.Generator().manual_seed(3))
+    y = x.clone()
+    assert zero_square(y, 3, torch.Generator().manual_seed(3), in_place=True) is y
+    assert torch.equal(y, new) and not torch.equal(x, new)
+
+
+def plain_epochs(images, recipe, seed, epochs):
+    """The augmented sets of recipe's crop, flip, cutout and jitter, written plainly over the
+    whole set with the draws TrainBatches makes, in its order."""
+    g = torch.Generator().manual_seed(seed)
+    n, side = len(images), images.shape[-1]
+    base_flip = torch.rand(n, generator=g) < 0.5
+    padded = torch.nn.functional.pad(images, (2,) * 4, mode="reflect")
+    out = []
+    for epoch in range(epochs):
+        dy, dx = (torch.randint(0, 5, (n, 1), generator=g) for _ in range(2))
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + side, dx[i]:dx[i] + side]
+                         for i in range(n)])
+        chosen = (base_flip ^ bool(epoch % 2)).view(-1, 1, 1, 1)
+        x = torch.where(chosen, x.flip(-1), x)
+        x = zero_square(x, recipe.cutout, g)
+        shift = (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * recipe.jitter_brightness
+        scale = 1 + (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * recipe.jitter_contrast
+        out.append((x + shift) * scale)
+    return out
+
+
+def test_the_epochs_match_the_plain_whole_set_augmentations_and_keep_the_source():
+    images = torch.randn(40, 3, 8, 8)
+    recipe = recipe_for(40, 10, "augment=crop,flip,cutout,jitter", "cutout=3", "epochs=3")
+    batches = TrainBatches(images, torch.arange(40), recipe,
+                           generator=torch.Generator().manual_seed(4))
+    kept = batches.source.clone()
+    for epoch, plain in enumerate(plain_epochs(images, recipe, 4, 3)):
+        assert torch.equal(batches.augmented(epoch), plain)
+    assert torch.equal(batches.source, kept)        # written in place: the crop's copy only
+
+
+@pytest.mark.parametrize("listed", ["flip", "flip,jitter", "cutout,flip"])
+def test_augmentations_without_the_crop_never_write_into_the_images(listed):
+    images = torch.rand(40, 3, 8, 8) + 1
+    kept = images.clone()
+    batches = TrainBatches(images, torch.arange(40), recipe_for(40, 10, f"augment={listed}",
+                                                                 "cutout=3"))
+    assert not batches.writable(images) and not batches.writable(images[:5])
+    for epoch in range(3):
+        out = batches.augmented(epoch)
+        assert batches.writable(out)
+    assert torch.equal(images, kept)

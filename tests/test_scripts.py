@@ -1,5 +1,6 @@
 """The GPU check's summary: it reads our records and a reference script's table."""
 
+import dataclasses
 import io
 import json
 import os
@@ -138,8 +139,8 @@ def test_gpu_check_runs_every_stage_in_order_within_the_budget(cifar_dir, tmp_pa
            "ACCURACY": f"acc smoke 2 2 {TINY_FLAGS}",
            "REFERENCES": f"other {reference} 2",
            "VARIANTS": f"one smoke 1 {TINY_FLAGS}; base {base}:smoke 1 {TINY_FLAGS}",
-           "SWEEP": f"grid 1000 --recipe smoke {TINY_FLAGS} --cell '--set lr=4' "
-                    "--cell '--set lr=12 --set flip=random'"}
+           "SWEEP": f"grid 1000 --recipe smoke {TINY_FLAGS} --cell '--set bias_lr=0.03' "
+                    "--cell '--set bias_lr=0.1 --set flip=random'"}
     result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "0", str(reference),
                              "3"], capture_output=True, text=True, env=env, timeout=250)
     summary = (out / "summary.txt").read_text()
@@ -173,7 +174,7 @@ def test_gpu_check_runs_every_stage_in_order_within_the_budget(cifar_dir, tmp_pa
     assert accuracy["accuracy_only"] and accuracy["dist"]["world_size"] == 2
     grid = json.loads(logs["logs/sweep-grid.json"])
     assert grid["stopped"] == "interrupted" and 1 <= len(grid["runs"]) < 1000
-    assert "sweep sweep-grid:" in summary and "lr=12 flip=random" in summary
+    assert "sweep sweep-grid:" in summary and "bias_lr=0.1 flip=random" in summary
     assert result.returncode == 124                           # timeout(1): cut by the budget
 
 
@@ -237,6 +238,21 @@ def test_flops_counts_the_trimmed_network_and_selective_tta():
     assert "forward 0.211 GFLOP per image" in out.stdout
     # A plain pass, then 5 more views of 2500 images in 7 padded chunks of 2000: 2.4 forwards.
     assert "TTA       2.4 forwards per image" in out.stdout
+
+
+def test_memory_prints_the_terms_and_the_estimates_total():
+    from hlb.bench.memory import estimate
+    from hlb.recipes import RECIPES
+
+    script = str(ROOT / "scripts" / "memory.py")
+    out = subprocess.run([sys.executable, script, "94", "batch_size=1000"],
+                         capture_output=True, text=True, check=True).stdout
+    expected = estimate(dataclasses.replace(RECIPES["94"], batch_size=1000)).reserved_mib
+    assert f"peak reserved {expected:.0f} MiB" in out
+    assert "reflect-padded training copy" in out and "augment: " in out
+    bad = subprocess.run([sys.executable, script, "94", "batch_size=x"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --set batch_size=x")
 
 
 def test_gpu_report_gives_the_busy_share_gaps_and_kinds():

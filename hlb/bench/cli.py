@@ -28,6 +28,7 @@ from hlb.bench.board import board_lines, plot_board, read_board
 from hlb.bench.code import running_code
 from hlb.bench.compare import compare, compare_records, comparison_dict, comparison_lines
 from hlb.bench.dist import world_from_env
+from hlb.bench.memory import print_fit_notes
 from hlb.bench.overrides import flags_recipe, override
 from hlb.bench.plot import plot_records
 from hlb.bench.records import (default_runs_dir, list_records, load_json, records_table,
@@ -283,6 +284,7 @@ def _train(args, command):
         saved = _check_start(args, command, device, scheduler)
         if scheduler.leader:
             print(command.banner(device) + _spread(scheduler), flush=True)
+            print_fit_notes([recipe for recipe, _ in command.arms], scheduler.device)
         cifar = scheduler.load_data(args.data_dir)
         if command.data_check:
             command.data_check(cifar.fingerprint)
