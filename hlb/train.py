@@ -10,10 +10,11 @@
 layer from patch statistics, train epoch by epoch, and evaluate with test-time augmentation
 (hlb.evaluate). It returns a RunResult.
 
-Timed region (README.md, "Timing"): data normalisation and padding, whitening init, each
-epoch's augmentation, every training step, and the final TTA evaluation. Not timed: loading
-from disk, building the network, the warm-up, the per-epoch plain evaluation (timed apart)
-and printing.
+Timed region (docs/timing.md, whose list tests/test_timed_region.py checks against a traced
+run): data normalisation and padding, whitening init, each epoch's augmentation, every
+training step, Lookahead between steps, the final TTA evaluation (with a target, the TTA check
+at each epoch's end). Not timed: loading from disk, building the network, the warm-up, the
+per-epoch plain evaluation (timed apart), the divergence reads and every progress callback.
 """
 
 import math
@@ -104,8 +105,11 @@ class PreparedRun:
         With `target_acc`, the TTA accuracy is measured at the end of every epoch inside the
         timed region (its cost counts), and the run stops at the first epoch that reaches it.
         `evaluate_epochs=False` skips the untimed plain evaluation after each epoch (the final
-        one still runs). `on_epoch(row)` and `on_step(run, epoch, step, total)` are progress
-        callbacks; they run outside the timed region or cost no device sync.
+        one still runs). `on_epoch(row)` and `on_step(run, epoch, steps_taken, total)` are
+        progress callbacks, and neither runs inside the timed region: `on_step` after every
+        step where the execution pauses between steps (a CPU, whose epoch can take minutes;
+        the watch stops around it and the step's divergence read), else once at each epoch's
+        end (a GPU, where nothing but the method runs between a start and a stop).
         """
         recipe, step = self.recipe, self.step
         torch.manual_seed(seed)
@@ -114,6 +118,8 @@ class PreparedRun:
         result, watch = RunResult(run=run, seed=seed), Stopwatch(self.execution.cuda)
         memory = PeakMemory(self.execution)
         total, epochs = recipe.total_steps(), recipe.epoch_count()
+        tell = (lambda epoch, steps: on_step(run, epoch, steps, total)) if on_step else (
+            lambda epoch, steps: None)
 
         watch.start()
         batches, test_images = self.prepare_data()
@@ -124,9 +130,11 @@ class PreparedRun:
         target = TargetCheck(target_acc, test)
         for epoch in range(epochs):
             watch.start()
-            result.diverged = self._train_epoch(batches, epoch, total, on_step, run)
+            result.diverged = self._train_epoch(batches, epoch, total, watch, tell)
             tta_check = None if result.diverged else target.measure()
             watch.stop()
+            if not self.execution.check_each_step:
+                tell(epoch, step.steps_taken)
 
             train_loss, train_acc = step.epoch_means()
             result.diverged = result.diverged or has_diverged(train_loss)
@@ -160,22 +168,29 @@ class PreparedRun:
         batches = TrainBatches(train_images, data.train_labels, recipe, how.memory_format)
         return batches, test_images
 
-    def _train_epoch(self, batches, epoch, total, on_step, run):
+    def _train_epoch(self, batches, epoch, total, watch, tell):
         """One pass over the epoch's batches, stopping at the run's last step; True if the run
-        diverged (checked per step where the execution says reading the loss costs nothing).
-        Lookahead runs between steps, outside the (captured) step, every few steps."""
+        diverged. Lookahead runs between steps, outside the (captured) step, every few steps.
+        Where the execution checks each step (a CPU), the watch stops after each step for the
+        divergence read and `tell(epoch, steps_taken)`, so neither is timed; elsewhere nothing
+        but the method runs here, and the divergence is read once per epoch, untimed."""
         step = self.step
         images, batch_indices = batches.epoch(epoch)
         for index in batch_indices:
             step.load(images, batches.labels, index)
             loss = step()
             self.lookahead.after_step(step.steps_taken)
-            if self.execution.check_each_step and has_diverged(loss.item() / len(index)):
-                return True
-            if on_step:
-                on_step(run, epoch, step.steps_taken, total)
             if step.steps_taken >= total:
                 self.lookahead.finish()
+            if self.execution.check_each_step:
+                watch.stop()
+                diverged = has_diverged(loss.item() / len(index))
+                if not diverged:
+                    tell(epoch, step.steps_taken)
+                watch.start()
+                if diverged:
+                    return True
+            if step.steps_taken >= total:
                 break
         return False
 
