@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hlb.bench.code import describe
-from hlb.bench.plot import figure, save_png
-from hlb.bench.records import VERIFICATION_FORMAT, load_json
+from hlb.bench.plot import figure, plain_text, save_png
+from hlb.bench.records import (LISTED_FORMATS, VERIFICATION_FORMAT, check_shown, load_json,
+                               one_line)
 from hlb.bench.resume import kind_of
 from hlb.bench.verify import check_claim, record_flags
 from hlb.errors import HlbError
@@ -47,6 +48,12 @@ def _entry(path, data):
     result, claim = data["result"], data["claim"]
     acc, time = result["accuracy"], result["time"]
     env = data["entry"]["environment"]
+    # What the board shows beyond what check_claim recomputed, each of its type.
+    check_shown(path, {"claim's recipe": (claim.get("recipe"), "text"),
+                       "gpu": (env.get("gpu"), "text"), "date": (env.get("date"), "text")})
+    if not isinstance(claim.get("overrides"), list) or not all(
+            isinstance(o, str) for o in claim["overrides"]):
+        raise HlbError(f"{path}: its claim's overrides are not a list of text (edited?)")
     name = " ".join([f"recipe {claim['recipe']}", *claim["overrides"]])
     return Entry(path, name, record_flags(data["baseline"]), _number(acc["target"]),
                  acc["n"], _number(acc["mean"]), tuple(map(_number, acc["ci95"])),
@@ -67,7 +74,12 @@ def read_board(dirs):
             data = load_json(path)
             if not isinstance(data, dict):
                 raise HlbError(f"{path} is not an hlb record (not a JSON object)")
-            if data.get("format") != VERIFICATION_FORMAT:
+            form = data.get("format")
+            check_shown(path, {"format": (form, "text")})
+            if form is not None and form not in LISTED_FORMATS:
+                raise HlbError(f"{path}: a record of another kind ({one_line(form, 60)}): "
+                               "only verification records are entries")
+            if form != VERIFICATION_FORMAT:
                 if kind_of(data) == "record" and not isinstance(data.get("runs"), list):
                     raise HlbError(f"{path} is not an hlb record (no runs, no verification)")
                 skipped += 1
@@ -96,7 +108,8 @@ def _interval(value, ci, scale=1, digits=2):
 
 
 def _cell(text):
-    return str(text).replace("|", "\\|")
+    # One line, of a width a table can take, whatever a file holds.
+    return one_line(text, 300).replace("|", "\\|")
 
 
 def board_lines(entries, broken, skipped):
@@ -146,7 +159,7 @@ def plot_board(entries, path):
         label = f"{rank[id(e)]}. {name}" if id(e) in rank else f"({e.verdict}) {name}"
         ax.errorbar([e.ratio], [100 * e.acc_mean], xerr=xerr, yerr=yerr, capsize=3,
                     fmt="o" if id(e) in rank else "x",
-                    label=label if len(label) <= 60 else label[:59] + "…")
+                    label=plain_text(label, 60))
     for target in sorted({e.target for e in entries if not math.isnan(e.target)}):
         ax.axhline(100 * target, color="grey", lw=0.8, ls="--")
     if shown:

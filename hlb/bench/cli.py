@@ -31,8 +31,8 @@ from hlb.bench.dist import world_from_env
 from hlb.bench.memory import print_fit_notes
 from hlb.bench.overrides import flags_recipe, override
 from hlb.bench.plot import plot_records
-from hlb.bench.records import (default_runs_dir, list_records, load_json, records_table,
-                               save_record)
+from hlb.bench.records import (default_runs_dir, list_records, load_json, one_line,
+                               records_table, save_record)
 from hlb.bench.report import (Progress, Table, jsonable, record_dict, summary_lines,
                               write_json_atomic)
 from hlb.bench.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
@@ -560,7 +560,11 @@ def _plot(argv):
     p.add_argument("records", nargs="+", metavar="RECORD.json")
     p.add_argument("-o", "--output", default="plot.png", help="PNG to write (default plot.png)")
     args = p.parse_args(argv)
-    print(f"plot written to {plot_records(args.records, args.output)}")
+    apart = []          # files that are not records: named, with why, and the rest drawn
+    out = plot_records(args.records, args.output, apart=apart)
+    for _, why in apart:
+        print(f"left out {one_line(why)}")
+    print(f"plot written to {out}")
     return 0
 
 

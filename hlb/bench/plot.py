@@ -10,7 +10,7 @@ import math
 import random
 from pathlib import Path
 
-from hlb.bench.records import number, overrides_of, read_record
+from hlb.bench.records import check_shown, number, one_line, overrides_of, read_record, whole
 from hlb.bench.stats import confidence_interval, mean, std
 from hlb.bench.sweep import FORMAT as SWEEP_FORMAT
 from hlb.errors import HlbError, UsageError
@@ -33,6 +33,26 @@ def _matplotlib():
     except ImportError:
         raise HlbError(INSTALL_HINT) from None
     return Figure, FigureCanvasAgg, Line2D
+
+
+def plain_text(text, limit=None):
+    """`text` as matplotlib draws it literally: on one line, cut to `limit`, and with its
+    dollar signs escaped (a pair of them would start mathtext, which can fail to parse)."""
+    return one_line(text, limit).replace("$", r"\$")
+
+
+def _check_plottable(record, path):
+    """Refuse, in one line, a record whose fields the picture shows are of another type."""
+    env = record.get("environment") if isinstance(record.get("environment"), dict) else {}
+    recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
+    check_shown(path, {"recipe name": (recipe.get("name"), "text"),
+                       "device": (record.get("device"), "text"),
+                       "gpu": (env.get("gpu"), "text"), "torch": (env.get("torch"), "text")})
+    if not all(isinstance(o, str) for o in record.get("overrides") or []):
+        raise HlbError(f"{path}: its overrides are not all text (edited?)")
+    if not all("run" not in row or whole(row["run"]) for row in record.get("epochs") or []):
+        raise HlbError(f"{path}: an epoch row's run is not a whole number (edited?)")
+    return record
 
 
 def _mean(values):
@@ -75,12 +95,12 @@ class _Arm:
         name = recipe.get("name") if isinstance(recipe, dict) else None
         if not name:
             return self.stem()
-        label = " ".join([str(name)] + overrides_of(self.record))
-        return label if len(label) <= MAX_LABEL else label[:MAX_LABEL - 1] + "…"
+        return plain_text(" ".join([str(name)] + overrides_of(self.record)), MAX_LABEL)
 
     def stem(self):
         # Records saved by hlb.bench.records are all named record.json; their folder says more.
-        return self.path.parent.name if self.path.stem == "record" else self.path.stem
+        return plain_text(self.path.parent.name if self.path.stem == "record"
+                          else self.path.stem, MAX_LABEL)
 
     def count(self):
         n = f"n={len(self.finished)}"
@@ -190,7 +210,7 @@ def _title(arms):
         env = env if isinstance(env, dict) else {}
         device = env.get("gpu") or arm.record.get("device") or "unknown device"
         torch = f"torch {env['torch']}" if env.get("torch") else ""
-        text = ", ".join(x for x in (str(device), torch) if x)
+        text = plain_text(", ".join(x for x in (str(device), torch) if x), MAX_LABEL)
         if text not in where:
             where.append(text)
     title = f"CIFAR-10, {len(arms)} record{'s' * (len(arms) != 1)} on " + "; ".join(where)
@@ -199,11 +219,30 @@ def _title(arms):
     return title
 
 
-def plot_records(paths, out_png, labels=None):
+def _readable(paths, apart):
+    """[(index, record)] of the files at `paths` that can be drawn. One that cannot is an
+    HlbError, or with a list `apart`, goes there as (path, its one-line reason)."""
+    found = []
+    for i, path in enumerate(paths):
+        try:
+            found.append((i, _check_plottable(read_record(path), path)))
+        except HlbError as e:
+            if apart is None:
+                raise
+            apart.append((path, str(e)))
+    if not found:
+        raise HlbError(apart[0][1] if len(apart) == 1 else f"nothing to plot: none of the "
+                       f"{len(apart)} files is a record (the first: {apart[0][1]})")
+    return found
+
+
+def plot_records(paths, out_png, labels=None, apart=None):
     """Draw the records at `paths` into one PNG at `out_png` (written atomically); return it.
 
     labels: names for the records in the legend (default: recipe and --set values, with the
     file's name when two would read the same); each gets its run count appended.
+    apart: None (a file that is not a record is an error), or a list that gets (path, its
+    one-line reason) for each such file, left out of the picture.
     """
     Figure, FigureCanvasAgg, Line2D = _matplotlib()
     paths = [Path(p) for p in paths]
@@ -212,7 +251,11 @@ def plot_records(paths, out_png, labels=None):
     out = Path(out_png)
     if not out.parent.is_dir():
         raise HlbError(f"cannot write the plot {out}: folder {out.parent} does not exist")
-    records = [read_record(p) for p in paths]
+    if labels is not None and len(labels) != len(paths):
+        raise UsageError(f"{len(labels)} labels for {len(paths)} records")
+    found = _readable(paths, apart)
+    records, paths = [r for _, r in found], [paths[i] for i, _ in found]
+    labels = None if labels is None else [labels[i] for i, _ in found]
     if len(records) == 1 and records[0].get("format") == SWEEP_FORMAT:
         return plot_sweep(paths[0], out, records[0])
     arms = [_Arm(record, p) for record, p in zip(records, paths)]
@@ -286,7 +329,8 @@ def _panel_sweep_points(ax, record):
         color = "black" if i == 0 else "0.55" if dropped else f"C{(i - 1) % 10}"
         ax.errorbar([time], [acc], xerr=time_bar, yerr=acc_bar, fmt="s" if i == 0 else "o",
                     color=color, mfc="white" if dropped else color, capsize=3, ms=6)
-        label = f"{name} (n={len(done)}{', dropped' if dropped else ''})"
+        label = (f"{plain_text(name, MAX_LABEL)} (n={len(done)}"
+                 f"{', dropped' if dropped else ''})")
         ax.annotate(label, (time, acc), textcoords="offset points", xytext=(6, 4),
                     fontsize=8, color=color)
     ax.set_title("(a) mean TTA accuracy against mean time, 95% intervals (base ■, dropped ○)")
@@ -308,7 +352,9 @@ def _heat_text(row):
 def _panel_sweep_heat(ax, fig, record):
     (key_y, values_y), (key_x, values_x) = [(a["key"], a["values"]) for a in record["vary"]]
     rows = {(str(r["values"].get(key_y)), str(r["values"].get(key_x))): r
-            for r in record.get("table") or [] if isinstance(r, dict) and r.get("values")}
+            for r in record.get("table") or [] if isinstance(r, dict)
+            and isinstance(r.get("values"), dict)}
+    rows = {(y, x): r for (y, x), r in rows.items() if y in values_y and x in values_x}
     grid = [[100 * number(rows[(y, x)].get("acc_mean")) if (y, x) in rows else math.nan
              for x in values_x] for y in values_y]
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
@@ -318,10 +364,10 @@ def _panel_sweep_heat(ax, fig, record):
         value = grid[values_y.index(y)][values_x.index(x)]
         ax.text(values_x.index(x), values_y.index(y), _heat_text(row), ha="center",
                 va="center", fontsize=8, color="white" if value < middle else "black")
-    ax.set_xticks(range(len(values_x)), values_x)
-    ax.set_yticks(range(len(values_y)), values_y)
-    ax.set_xlabel(key_x)
-    ax.set_ylabel(key_y)
+    ax.set_xticks(range(len(values_x)), [plain_text(v, MAX_LABEL) for v in values_x])
+    ax.set_yticks(range(len(values_y)), [plain_text(v, MAX_LABEL) for v in values_y])
+    ax.set_xlabel(plain_text(key_x, MAX_LABEL))
+    ax.set_ylabel(plain_text(key_y, MAX_LABEL))
     ax.set_title("(b) mean TTA accuracy (%); below: cell - base in points\n"
                  "(▲▼: the simultaneous interval leaves out zero)")
     fig.colorbar(image, ax=ax, label="mean TTA accuracy (%)")
@@ -332,10 +378,12 @@ def plot_sweep(path, out_png, record=None):
     with 95% intervals, and for a two-key grid a heat map of mean accuracy. Written
     atomically to out_png, returned."""
     Figure, FigureCanvasAgg, _ = _matplotlib()
-    record, out = record or read_record(path), Path(out_png)
+    record, out = record or _check_plottable(read_record(path), path), Path(out_png)
     vary = record.get("vary") if isinstance(record.get("vary"), list) else []
-    heat = len(vary) == 2 and all(isinstance(a, dict) and isinstance(a.get("values"), list)
-                                  for a in vary)
+    # Each axis as sweep writes it: a key and its values, all text.
+    heat = len(vary) == 2 and all(
+        isinstance(a, dict) and isinstance(a.get("key"), str) and isinstance(a.get("values"), list)
+        and all(isinstance(v, str) for v in a["values"]) for a in vary)
     fig = Figure(figsize=(16 if heat else 9, 6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2 if heat else 1, squeeze=False)[0]
@@ -343,8 +391,10 @@ def plot_sweep(path, out_png, record=None):
     if heat:
         _panel_sweep_heat(axes[1], fig, record)
     recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
-    fig.suptitle(f"sweep of recipe {recipe.get('name', '?')}: "
+    fig.suptitle(f"sweep of recipe {plain_text(recipe.get('name', '?'), MAX_LABEL)}: "
                  f"{len(_sweep_cells(record)) - 1} cells against the base, "
-                 f"{record.get('runs_asked', '?')} runs each; {_title([_Arm(record, path)])}")
+                 f"{plain_text(record.get('runs_asked', '?'), 20)} runs each; "
+                 f"{_title([_Arm(record, path)])}")
     _save_atomic(fig, out)
     return out
+

@@ -26,6 +26,8 @@ from hlb.train import EpochRow, RunResult
 
 RECORD_FILE = "record.json"
 VERIFICATION_FORMAT = "hlb-cifar10 verification v1"     # hlb.bench.verify's records
+# The kinds `runs` lists: main.py's records, sweeps (their base) and verifications.
+LISTED_FORMATS = ("hlb-cifar10 record v1", "hlb-cifar10 sweep v1", VERIFICATION_FORMAT)
 _HINT = "give a file written by main.py --json"
 
 
@@ -261,28 +263,76 @@ def overrides_of(record):
 
 def number(value):
     """A number read from a record: NaN for null (records write NaN so), a missing value or
-    anything that is not a number, never a crash."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if ok else math.nan
+    anything that is not a number, never a crash (an integer beyond a float's range is
+    infinite)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text, limit=None):
+    """`text` as it may be shown: its control characters escaped (a newline reads as \\n, so
+    one record stays one line), cut to `limit` characters with an ellipsis."""
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(text))
+    return text if limit is None or len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _parse_date(text):
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z")
-    except (TypeError, ValueError):
+        date = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z")
+        date.timestamp()            # a date at the calendar's edge may have none
+        return date
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
+def _kind_name(value):
+    name = type(value).__name__
+    return "null" if value is None else ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def check_shown(where, fields):
+    """Refuse, in one line, a record whose shown fields ({name: (value, kind)}, kind "text",
+    "count" or "number"; null or absent is always allowed) hold a value of another type: a
+    table or a plot would show it wrong, or stop on it."""
+    for name, (value, kind) in fields.items():
+        fits = (value is None or kind == "text" and isinstance(value, str)
+                or kind == "count" and whole(value)
+                or kind == "number" and isinstance(value, (int, float))
+                and not isinstance(value, bool))
+        if not fits:
+            raise HlbError(f"{where}: its {name} is {_kind_name(value)}, not {kind} "
+                           f"(edited?); {_HINT}")
+
+
+def _parts_of(record):
+    return [record.get(k) if isinstance(record.get(k), dict) else {}
+            for k in ("summary", "environment", "recipe")]
+
+
 def _row(path, record):
-    summary = record.get("summary") if isinstance(record.get("summary"), dict) else {}
-    env = record.get("environment") if isinstance(record.get("environment"), dict) else {}
-    recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
+    summary, env, recipe = _parts_of(record)
+    check_shown(path, {
+        "date": (env.get("date"), "text"), "recipe name": (recipe.get("name"), "text"),
+        "device": (record.get("device"), "text"), "gpu": (env.get("gpu"), "text"),
+        "summary n": (summary.get("n"), "count"),
+        "summary diverged": (summary.get("diverged"), "count"),
+        "summary acc_mean": (summary.get("acc_mean"), "number"),
+        "summary time_mean": (summary.get("time_mean"), "number")})
+    if not all(isinstance(item, str) for item in record.get("overrides") or []):
+        raise HlbError(f"{path}: its overrides are not all text (edited?); {_HINT}")
     date = _parse_date(env.get("date"))
     return {
         "path": path,
         "date": date.strftime("%Y-%m-%d %H:%M:%S") if date else "",
         "recipe": str(recipe.get("name") or "?"),
-        "n": summary.get("n", len(record["runs"])),
+        "n": len(record["runs"]) if summary.get("n") is None else summary["n"],
         "diverged": summary.get("diverged", 0),
         "acc_mean": number(summary.get("acc_mean")),
         "time_mean": number(summary.get("time_mean")),
@@ -299,7 +349,13 @@ def _listed(path):
     """The row of the record at `path`; a verification's is its rerun's, named so, with its
     verdict."""
     data = load_json(path)
-    if not (isinstance(data, dict) and data.get("format") == VERIFICATION_FORMAT):
+    form = data.get("format") if isinstance(data, dict) else None
+    check_shown(path, {"format": (form, "text")})
+    if form is not None and form not in LISTED_FORMATS:
+        # A record of a kind this code does not know (a newer hlb's): apart, not a crash.
+        raise HlbError(f"{path}: a record of another kind ({one_line(form, 60)}), not listed "
+                       "here")
+    if form != VERIFICATION_FORMAT:
         return _row(path, check_record(data, path))
     entry = data.get("entry") if isinstance(data.get("entry"), dict) else None
     row = _row(path, check_record(entry, path, " entry"))
@@ -334,16 +390,19 @@ def list_records(runs_dir):
     return good + bad
 
 
+MAX_CELL = 120      # characters; one hostile value must not widen every line of the table
+
+
 def _cells(row):
     if row["error"]:
         # The reason names the file, so it stands in the path column.
-        return ["", "(unreadable)", "", "", "", "", "", row["error"]]
+        return ["", "(unreadable)", "", "", "", "", "", one_line(row["error"], 4 * MAX_CELL)]
     n = f"{row['n']}" + (f"+{row['diverged']}d" if row["diverged"] else "")
     acc = "" if math.isnan(row["acc_mean"]) else f"{100 * row['acc_mean']:.2f}"
     secs = "" if math.isnan(row["time_mean"]) else f"{row['time_mean']:.3f}"
     device = row["gpu"] or row["device"]
-    return [row["date"], row["recipe"], n, acc, secs, device, " ".join(row["overrides"]),
-            str(row["path"])]
+    cells = [row["date"], row["recipe"], n, acc, secs, device, " ".join(row["overrides"])]
+    return [one_line(c, MAX_CELL) for c in cells] + [one_line(row["path"])]
 
 
 def records_table(rows, runs_dir=None):
