@@ -66,3 +66,23 @@ def test_ci_runs_the_readmes_test_command_exactly():
     two_commands = (root / "README.md").read_text().split("## Two commands", 1)[1]
     assert f"\n    {command}\n" in two_commands.split("\n## ", 1)[0]
     assert "requirements-test.txt" in command and "pytest" in command
+
+
+def _requirements(path):
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    return [line.replace(" ", "") for line in lines if line]
+
+
+def test_the_requirements_leave_an_installed_torch_alone():
+    """requirements.txt states the lower bounds the code needs (pyproject.toml's), so a torch
+    already installed that meets them, a CUDA build above all, stays; the exact versions the
+    tests ran with are pinned for the tests only."""
+    tomllib = pytest.importorskip("tomllib")       # Python 3.11 and later
+    root = HLB.parent
+    needed = _requirements(root / "requirements.txt")
+    assert not [r for r in needed if "==" in r or "~=" in r], "an exact pin replaces a torch"
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert sorted(needed) == sorted(d.replace(" ", "") for d in project["dependencies"])
+    assert any(r.startswith("torch>=") for r in needed)
+    assert "-cconstraints-test.txt" in _requirements(root / "requirements-test.txt")
+    assert any(r.startswith("torch==") for r in _requirements(root / "constraints-test.txt"))
