@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 # The imports come after __version__, which hlb.bench.report reads.
 from hlb.bench.runs import Record, train  # noqa: E402
 from hlb.bench.saved import load, save  # noqa: E402
+from hlb.bench.tune_report import tune  # noqa: E402
 from hlb.recipes import RECIPES, Recipe  # noqa: E402
 
-__all__ = ["RECIPES", "Recipe", "Record", "__version__", "load", "save", "train"]
+__all__ = ["RECIPES", "Recipe", "Record", "__version__", "load", "save", "train", "tune"]

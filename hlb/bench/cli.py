@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hlb.bench import resume
+from hlb.bench import resume, tune
 from hlb.bench.board import board_lines, plot_board, read_board
 from hlb.bench.code import running_code
 from hlb.bench.compare import compare, compare_records, comparison_dict, comparison_lines
@@ -38,9 +38,11 @@ from hlb.bench.report import (Progress, Table, jsonable, record_dict, summary_li
 from hlb.bench.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
 from hlb.bench.saved import evaluate_saved, save
 from hlb.bench.sweep import SweepRun, make_grid, sweep_dict, table_lines
+from hlb.bench.tune_report import data_loader, run_search, tune_device, tune_dict
 from hlb.bench.verify import (check_code, check_data, claimed, judge, read_claim, record_flags,
                               result_lines, verification_dict)
 from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
+from hlb.execution import execution
 from hlb.files import reason
 from hlb.recipes import RECIPES, get_recipe
 from hlb.train import DIVERGED_LOSS
@@ -89,7 +91,7 @@ def _add_place_flags(p, json_help):
     """Where it runs, on which data, where the record goes, and --resume to go on after an
     interruption."""
     p.add_argument("--device", default=None,
-                   help="cuda or cpu (default: cuda when available)")
+                   help="cuda, mps or cpu (default: cuda, else mps, when available)")
     p.add_argument("--data-dir", default=None,
                    help="where CIFAR-10 lives or is downloaded to "
                         "(default $HLB_DATA_DIR, else ./data)")
@@ -135,7 +137,7 @@ def build_compare_parser():
     p.add_argument("records", nargs="*", metavar="RECORD.json")
     for arm in "ab":
         p.add_argument(f"--{arm}", default="", metavar="FLAGS",
-                       help=f"arm {arm.upper()}'s flags, e.g. \"--set lr=10\" (default: the "
+                       help=f"arm {arm.upper()}'s flags, e.g. \"--set bias_lr=0.08\" (default: the "
                             "recipe as is)")
     _add_run_flags(p, "the recipe both arms start from", 10, "runs per arm",
                    "write both records and the comparison here")
@@ -203,7 +205,8 @@ def main(argv=None):
     try:
         world = world_from_env()              # None when not under torchrun
         command = {"board": _board, "compare": _compare, "eval": _eval, "plot": _plot,
-                   "runs": _runs, "sweep": _sweep, "verify": _verify}.get(argv[0] if argv else "")
+                   "runs": _runs, "sweep": _sweep, "tune": _tune,
+                   "verify": _verify}.get(argv[0] if argv else "")
         with _sigterm_as_ctrl_c(world):
             return command(argv[1:]) if command else _main(argv)
     except HlbError as e:
@@ -281,9 +284,13 @@ def _train(args, command):
     running_code()              # which code runs is read now, before the runs
     device = resolve_device(args.device)
     with scheduler_for(device, command.accuracy_only) as scheduler:
+        # What this device runs and why; what it cannot run (bf16 before sm_80) stops here.
+        plans = [execution(recipe, scheduler.device) for recipe, _ in command.arms]
         saved = _check_start(args, command, device, scheduler)
         if scheduler.leader:
             print(command.banner(device) + _spread(scheduler), flush=True)
+            for note in dict.fromkeys(note for how in plans for note in how.notes):
+                print(f"  {note}", flush=True)
             print_fit_notes([recipe for recipe, _ in command.arms], scheduler.device)
         cifar = scheduler.load_data(args.data_dir)
         if command.data_check:
@@ -547,7 +554,8 @@ def _eval(argv):
     p.add_argument("model", metavar="PATH")
     p.add_argument("--data-dir", default=None,
                    help="where CIFAR-10 lives (default $HLB_DATA_DIR, else ./data)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--device", default=None,
+                   help="cuda, mps or cpu (default: cuda, else mps, when available)")
     args = p.parse_args(argv)
     print("\n".join(evaluate_saved(args.model, args.data_dir, args.device)))
     return 0
@@ -565,6 +573,73 @@ def _plot(argv):
     for _, why in apart:
         print(f"left out {one_line(why)}")
     print(f"plot written to {out}")
+    return 0
+
+
+def build_tune_parser():
+    p = _command("tune",
+                 "Search recipe values on Optuna (pip install \".[tune]\"): each trial "
+                 "runs the same seeds; many workers share one study (docs/tune.md).")
+    _add_run_flags(p, "the recipe searched", 2, "runs (seeds) per trial",
+                   "write the tune record here", "change the base (repeatable)")
+    p.add_argument("--space", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
+                   help="a numeric range, or KEY=A,B,C choices (repeatable)")
+    p.add_argument("--objective", default="accuracy", choices=tune.OBJECTIVES,
+                   help="accuracy: the best mean TTA accuracy; time: the least time at "
+                        "--target (default accuracy)")
+    p.add_argument("--target", type=float, default=None, metavar="ACC",
+                   help="the accuracy the time objective must not fall below (a fraction)")
+    p.add_argument("--trials", type=int, default=20,
+                   help="complete and pruned trials the study holds at the end (default 20)")
+    p.add_argument("--study", default=None, help="its name (default RECIPE-OBJECTIVE)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="sqlite:///PATH, any database URL, or journal:PATH (a file on a "
+                        "shared disk); default sqlite:///RUNS/tune.db")
+    p.add_argument("--sampler-seed", type=_seed, default=None,
+                   help="seed of the TPE sampler: the same seed, the same first trials")
+    p.add_argument("--prune", action="store_true",
+                   help="stop a trial whose runs so far fall below the target or the best")
+    p.add_argument("--confirm", type=int, default=0, metavar="K",
+                   help="rerun the K best on fresh seeds beside the base (Holm-corrected)")
+    p.add_argument("--confirm-runs", type=int, default=None, metavar="R",
+                   help="runs of each in the confirmation (default --runs)")
+    p.add_argument("--accuracy-only", action="store_true",
+                   help="several workers per GPU: no per-epoch evaluation, cost in FLOPs")
+    p.add_argument("--heartbeat", type=int, default=10, metavar="S",
+                   help="seconds between a worker's signs of life; a trial silent for twice "
+                        "as long is failed and retried (database storages; default 10)")
+    return p
+
+
+def _tune(argv):
+    """`tune`: a search on Optuna's storage (hlb.bench.tune), ranked and confirmed."""
+    args = build_tune_parser().parse_args(argv)
+    base = override(get_recipe(args.recipe), args.set)
+    plan = tune.check_plan(tune.Plan(
+        base, args.set, tune.make_space(args.space, base, args.set), args.objective,
+        args.target, args.runs, args.trials, args.seed, args.study, args.storage,
+        args.sampler_seed, args.prune, args.accuracy_only, args.heartbeat, args.confirm,
+        args.confirm_runs))
+    tune.optuna_module()
+    world = world_from_env()
+    if args.json:
+        check_writable(args.json)
+    device = tune_device(resolve_device(args.device), world, args.accuracy_only)
+    print(f"hlb-cifar10 tune: study {plan.study} in {tune.shown_url(plan.storage)}, "
+          f"{plan.trials} trial(s) of {plan.runs} run(s) on {device}, objective "
+          f"{plan.objective}" + (f" at {100 * plan.target:.2f}%" if plan.target else ""),
+          flush=True)
+    try:
+        result = run_search(plan, data_loader(args.data_dir), device,
+                            lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print("interrupted: the trial in flight is marked failed; the same command goes on "
+              "with the study", file=sys.stderr)
+        return 130
+    if world is not None and not world.leader:
+        return 0
+    print("\n".join(result.lines()))
+    keep(tune_dict(result, ["tune", *argv]), args.json, args.no_save, "tune record")
     return 0
 
 

@@ -10,7 +10,8 @@ import math
 import random
 from pathlib import Path
 
-from hlb.bench.records import check_shown, number, one_line, overrides_of, read_record, whole
+from hlb.bench.records import (TUNE_FORMAT, check_shown, number, one_line, overrides_of,
+                               read_record, whole)
 from hlb.bench.stats import confidence_interval, mean, std
 from hlb.bench.sweep import FORMAT as SWEEP_FORMAT
 from hlb.errors import HlbError, UsageError
@@ -258,6 +259,8 @@ def plot_records(paths, out_png, labels=None, apart=None):
     labels = None if labels is None else [labels[i] for i, _ in found]
     if len(records) == 1 and records[0].get("format") == SWEEP_FORMAT:
         return plot_sweep(paths[0], out, records[0])
+    if len(records) == 1 and records[0].get("format") == TUNE_FORMAT:
+        return plot_tune(records[0], out)
     arms = [_Arm(record, p) for record, p in zip(records, paths)]
     names = _labels(arms, labels)
     colors = [f"C{i % 10}" for i in range(len(arms))]
@@ -398,3 +401,91 @@ def plot_sweep(path, out_png, record=None):
     _save_atomic(fig, out)
     return out
 
+
+# A search (hlb.bench.tune, `hlb tune`): the value per trial, accuracy against cost, each knob
+
+
+def _tune_trials(record):
+    """The tune record's finished trials (complete or pruned) as dicts with numbers only."""
+    trials = record.get("trials") if isinstance(record.get("trials"), list) else []
+    return [t for t in trials if isinstance(t, dict) and t.get("state") in ("complete", "pruned")
+            and whole(t.get("number")) and isinstance(t.get("values"), list)
+            and not math.isnan(number(t.get("value")))]
+
+
+def _panel_tune_value(ax, record, trials):
+    maximise = record.get("objective") != "time"
+    done = [t for t in trials if t["state"] == "complete" and t.get("feasible") is not False]
+    for state, marker in (("complete", "o"), ("pruned", "x")):
+        shown = [t for t in trials if t["state"] == state]
+        ax.scatter([t["number"] for t in shown], [number(t["value"]) for t in shown],
+                   marker=marker, label=state, alpha=0.7)
+    best, xs, ys = None, [], []
+    for t in sorted(done, key=lambda t: t["number"]):
+        v = number(t["value"])
+        best = v if best is None else max(best, v) if maximise else min(best, v)
+        xs.append(t["number"])
+        ys.append(best)
+    ax.step(xs, ys, where="post", color="k", label="best so far (feasible)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("mean TTA accuracy" if maximise else "mean time s")
+    ax.legend(fontsize=8)
+
+
+def _tune_cost(record, t):
+    return number(t.get("gflops")) if record.get("accuracy_only") else number(t.get("time_mean"))
+
+
+def _panel_tune_front(ax, record, trials):
+    """Accuracy against cost, the front of trials no other beats on both."""
+    done = [t for t in trials if t["state"] == "complete"]
+    points = [(_tune_cost(record, t), 100 * number(t.get("acc_mean"))) for t in done]
+    ax.scatter(*zip(*points) if points else ([], []), alpha=0.7)
+    front, best = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    if front:
+        ax.step(*zip(*front), where="post", color="C3", label="front")
+    target = number(record.get("target"))
+    if not math.isnan(target):
+        ax.axhline(100 * target, color="grey", ls="--", label="target")
+    ax.set_xlabel("GFLOP per run" if record.get("accuracy_only") else "mean time s")
+    ax.set_ylabel("mean TTA accuracy %")
+    ax.legend(fontsize=8)
+
+
+def _panel_tune_knob(ax, trials, index):
+    key = None
+    xs, ys = [], []
+    for t in trials:
+        if index < len(t["values"]) and isinstance(t["values"][index], str):
+            key, _, text = t["values"][index].partition("=")
+            xs.append(text)
+            ys.append(number(t["value"]))
+    try:
+        xs = [float(x) for x in xs]
+    except ValueError:
+        pass                          # choices stay text: one column each
+    ax.scatter(xs, ys, alpha=0.7)
+    ax.set_xlabel(key or "?")
+    ax.set_ylabel("value")
+
+
+def plot_tune(record, out_png):
+    """The search in one PNG: each trial's value and the best so far, accuracy against time
+    (or FLOPs) with the front, and each searched knob against the value."""
+    trials = _tune_trials(record)
+    space = record.get("space") if isinstance(record.get("space"), list) else []
+    Figure, FigureCanvasAgg, _ = _matplotlib()
+    fig = Figure(figsize=(6 * (2 + min(len(space), 4)), 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 + min(len(space), 4), squeeze=False)[0]
+    _panel_tune_value(axes[0], record, trials)
+    _panel_tune_front(axes[1], record, trials)
+    for k, ax in enumerate(axes[2:]):
+        _panel_tune_knob(ax, trials, k)
+    fig.suptitle(f"hlb tune: study {one_line(record.get('study'), 40)}, objective "
+                 f"{one_line(record.get('objective'), 20)}, {len(trials)} trial(s)")
+    return save_png(fig, out_png)

@@ -27,7 +27,9 @@ from hlb.train import EpochRow, RunResult
 RECORD_FILE = "record.json"
 VERIFICATION_FORMAT = "hlb-cifar10 verification v1"     # hlb.bench.verify's records
 # The kinds `runs` lists: main.py's records, sweeps (their base) and verifications.
-LISTED_FORMATS = ("hlb-cifar10 record v1", "hlb-cifar10 sweep v1", VERIFICATION_FORMAT)
+TUNE_FORMAT = "hlb-cifar10 tune v1"     # hlb.bench.tune's: a plain record of its best trial
+LISTED_FORMATS = ("hlb-cifar10 record v1", "hlb-cifar10 sweep v1", VERIFICATION_FORMAT,
+                  TUNE_FORMAT)
 _HINT = "give a file written by main.py --json"
 
 
@@ -355,6 +357,9 @@ def _listed(path):
         # A record of a kind this code does not know (a newer hlb's): apart, not a crash.
         raise HlbError(f"{path}: a record of another kind ({one_line(form, 60)}), not listed "
                        "here")
+    if form == TUNE_FORMAT:
+        row = _row(path, check_record(data, path))
+        return {**row, "recipe": f"tune {row['recipe']}"}
     if form != VERIFICATION_FORMAT:
         return _row(path, check_record(data, path))
     entry = data.get("entry") if isinstance(data.get("entry"), dict) else None
