@@ -17,7 +17,7 @@ from hlb.train import prepare
 TINY = ["train_images=512", "test_images=256", "batch_size=64", "epochs=3.0",
         "widths=16,32,32", "whiten_init_images=256", "eval_batch_size=256"]
 
-# The smoke recipe on real CIFAR-10 reaches this TTA accuracy or more (see README.md for
+# The smoke recipe on real CIFAR-10 reaches this TTA accuracy or more (see docs/results.md for
 # the measured figure; chance is 10%).
 SMOKE_MIN_ACCURACY = 0.45
 
