@@ -33,14 +33,14 @@ from hlb.bench.overrides import flags_recipe, override
 from hlb.bench.plot import plot_records
 from hlb.bench.records import (default_runs_dir, list_records, load_json, one_line,
                                records_table, save_record)
-from hlb.bench.report import (Progress, Table, jsonable, record_dict, summary_lines,
+from hlb.bench.report import (Progress, Table, Watched, jsonable, record_dict, summary_lines,
                               write_json_atomic)
 from hlb.bench.runs import PreparedRecipe, Stopped, resolve_device, run_rounds, scheduler_for
 from hlb.bench.saved import evaluate_saved, save
-from hlb.bench.sweep import SweepRun, make_grid, sweep_dict, table_lines
+from hlb.bench.sweep import RunLines, SweepRun, make_grid, sweep_dict, table_lines
 from hlb.bench.tune_report import data_loader, run_search, tune_device, tune_dict
-from hlb.bench.verify import (check_code, check_data, claimed, judge, read_claim, record_flags,
-                              result_lines, verification_dict)
+from hlb.bench.verify import (check_code, check_data, claimed, default_baseline, judge,
+                              read_claim, record_flags, result_lines, verification_dict)
 from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
 from hlb.execution import execution
 from hlb.files import reason
@@ -452,7 +452,7 @@ def _main(argv):
         accuracy_only=args.accuracy_only,
         banner=lambda device: f"hlb-cifar10: recipe {recipe.name}, {args.runs} run(s) on "
                               f"{device}",
-        listeners=[Table(progress=Progress(_quicker(recipe)))],
+        listeners=[Table(progress=Progress(_quicker(recipe)), recipe=recipe)],
         data_of=lambda records, s: with_dist(record_dict(records[0], argv), s),
         lines=lambda records, error: summary_lines(records[0]),
         keep=lambda data, args: keep(data, record_path(args), args.no_save), end=end))
@@ -505,7 +505,8 @@ def _compare(argv):
         banner=lambda device: f"hlb-cifar10 compare: A = {args.a or '(recipe as is)'}, B = "
                               f"{args.b or '(as is)'}; {args.runs} runs each, interleaved, "
                               f"seeds {args.seed}..{args.seed + args.runs - 1}",
-        listeners=[Table(label=name, progress=progress) for name in "AB"],
+        listeners=[Table(label=name, progress=progress, recipe=recipe)
+                   for name, (recipe, _) in zip("AB", arms)],
         data_of=data_of, lines=lines, keep=kept))
 
 
@@ -515,13 +516,17 @@ def _sweep(argv):
     grid = make_grid(get_recipe(args.recipe), args.set, args.vary, args.runs, args.prune,
                      args.cell)
     sweep = SweepRun(grid)
+    recipes = [c.recipe for c in [grid.base] + grid.cells]
+    progress = Progress(_quicker(grid.base.recipe))
     return _train(args, Command(
         kind="sweep", arms=[(c.recipe, c.overrides) for c in [grid.base] + grid.cells],
         grid=grid,
         banner=lambda device: f"hlb-cifar10 sweep: base {args.recipe} {' '.join(args.set)}"
                               .rstrip() + f" and {len(grid.cells)} cell(s), {args.runs} runs "
                               f"each, interleaved, seeds {args.seed}..{args.seed + args.runs - 1}",
-        listeners=sweep.listeners, on_round=sweep.on_round, restored=sweep.restore,
+        listeners=[Watched(lines, progress.arm(name, recipe)) for lines, name, recipe in
+                   zip(sweep.listeners, sweep.names, recipes)],
+        on_round=sweep.on_round, restored=sweep.restore,
         data_of=lambda records, s: with_dist(sweep_dict(sweep.outcome(records), argv), s),
         lines=lambda records, error: table_lines(sweep.outcome(records, error)),
         keep=lambda data, args: keep(data, record_path(args), args.no_save)))
@@ -614,6 +619,9 @@ def build_tune_parser():
 def _tune(argv):
     """`tune`: a search on Optuna's storage (hlb.bench.tune), ranked and confirmed."""
     args = build_tune_parser().parse_args(argv)
+    if args.resume:
+        raise UsageError("tune goes on by itself: run the same command again, without --resume "
+                         "(the study in --storage holds the trials)")
     base = override(get_recipe(args.recipe), args.set)
     plan = tune.check_plan(tune.Plan(
         base, args.set, tune.make_space(args.space, base, args.set), args.objective,
@@ -631,7 +639,7 @@ def _tune(argv):
           flush=True)
     try:
         result = run_search(plan, data_loader(args.data_dir), device,
-                            lambda line: print(line, flush=True))
+                            lambda line: print(line, flush=True), RunLines("", 0))
     except KeyboardInterrupt:
         print("interrupted: the trial in flight is marked failed; the same command goes on "
               "with the study", file=sys.stderr)
@@ -666,7 +674,8 @@ def build_verify_parser():
                    help="at most this many runs of each (default: the record's finished runs)")
     p.add_argument("--baseline", default=None, metavar="FLAGS",
                    help="the baseline's flags, e.g. \"--recipe 94sgd\" (default: the record's "
-                        "own baseline, else recipe 94 of this code)")
+                        "own baseline, else recipe 94 of this code; on a CPU beside an entry "
+                        "of a tenth of its work or less, the entry's recipe as named)")
     _add_place_flags(p, "write the verification record here")
     return p
 
@@ -681,7 +690,8 @@ def _verify(argv):
     if jsonable(entry[0].to_dict()) != jsonable(checked[0][0]["recipe"]):
         raise HlbError(f"{args.record}: its recipe values are not those its name and --set "
                        "give here (edited?)")
-    flags = args.baseline if args.baseline is not None else claim["baseline"] or ""
+    flags, why = (args.baseline, None) if args.baseline is not None else default_baseline(
+        claim["baseline"], entry[0], resolve_device(args.device))
     baseline = flags_recipe(flags, "94", "--baseline")
     if args.runs is not None and args.runs < 2:
         raise UsageError(f"--runs must be at least 2 to verify, not {args.runs}")
@@ -706,16 +716,17 @@ def _verify(argv):
                         records[0].device)["verdict"]
         return status or (0 if verdict == "verified" else 1)
 
-    # The default baseline, recipe 94, takes hours a run on a CPU.
-    progress = Progress("--baseline \"--recipe smoke\"" if not flags else "fewer --runs")
+    progress = Progress("fewer --runs")
     return _train(args, Command(
         kind="verification", arms=[entry, baseline],
         banner=lambda device: f"hlb-cifar10 verify {args.record}: recipe {claim['recipe']} "
                               f"{' '.join(claim['overrides'])}".rstrip()
-                              + f" against the baseline {flags or '--recipe 94'}; "
-                              f"{args.runs} runs each, interleaved, the claim's seeds "
+                              + f" against the baseline {flags or '--recipe 94'}"
+                              + (f" ({why})" if why else "") + f"; {args.runs} runs each, "
+                              f"interleaved, the claim's seeds "
                               f"{args.seed}..{args.seed + args.runs - 1}",
-        listeners=[Table(label=name, progress=progress) for name in ("entry", "base ")],
+        listeners=[Table(label=name, progress=progress, recipe=recipe)
+                   for name, (recipe, _) in zip(("entry", "base "), (entry, baseline))],
         data_check=lambda fingerprint: check_data(data, args.record, fingerprint),
         data_of=data_of, lines=lines, end=end,
         keep=lambda data, args: keep(data, record_path(args), args.no_save, "verification")))
