@@ -154,7 +154,10 @@ def whitening_weights(images, size, eps):
     """
     x = patches(images.float(), size)
     covariance = x.T @ x / len(x)
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    if covariance.device.type == "mps":     # older MPS has no eigh (pytorch#151874)
+        eigenvalues, eigenvectors = (t.to("mps") for t in torch.linalg.eigh(covariance.cpu()))
+    else:
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
     filters = eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]
     return filters.reshape(-1, images.shape[1], size, size)
 

@@ -31,14 +31,16 @@ def newton_schulz(g, steps, dtype, eps=1e-7):
     A quintic iteration pushes every singular value of g (scaled so they are <= 1) toward 1;
     its coefficients favour speed over exactness, leaving values roughly in 0.7..1.2, which
     trains as well. `g` is one matrix or a batch (..., rows, cols); the iteration runs in
-    `dtype` (bf16 on a GPU, the fast path there; fp32 on a CPU: hlb.execution).
+    `dtype` (bf16 where a GPU has it natively, fp16 on older ones, fp32 on a CPU:
+    hlb.execution).
     """
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.to(dtype)
+    x = g.float()
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT                         # iterate on the smaller Gram matrix
-    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
+    # Scaled in fp32, then cast: a gradient's norm may pass fp16's largest value (65504).
+    x = (x / (x.norm(dim=(-2, -1), keepdim=True) + eps)).to(dtype)
     for _ in range(steps):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x

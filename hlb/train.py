@@ -17,6 +17,7 @@ at each epoch's end). Not timed: loading from disk, building the network, the wa
 per-epoch plain evaluation (timed apart), the divergence reads and every progress callback.
 """
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ class PreparedRun:
             torch.backends.cudnn.benchmark = True   # the fastest kernels, found in the warm-up
         self.data = to_device(cifar, recipe, how.device)
         self.net = build_net(recipe, how)
-        self.fallback = None        # why compile or capture were turned off, if they were
+        self.notes = []             # why compile or capture were turned off, one line a stage
         self._make_step()
 
     def _make_step(self):
@@ -63,40 +64,36 @@ class PreparedRun:
         # Evaluation's forward: compiled apart from the training step's graph.
         self.forward = torch.compile(net, mode=how.compile_mode) if how.compile else net
 
+    @property
+    def fallback(self):
+        """The warm-up's fallback notes in one line, or None when nothing fell back."""
+        return "; then ".join(self.notes) or None
+
     def warmup(self):
-        """One untimed run of the same shapes where the execution asks for it (a GPU), so that
-        cudnn autotuning, compilation and the step's capture happen here and not in a timed
-        run; returns its seconds. If compile or capture fail (no working Triton, an old card),
-        both are turned off, `fallback` says why in one line, and the warm-up runs eagerly."""
+        """One untimed run of the same shapes where the execution asks for it (a GPU): cudnn
+        autotuning, compiling and capturing happen here, not in a timed run; returns its
+        seconds. A failed stage (an old card, no Triton) steps down (`stepped_down`), a line in
+        `notes` each; an out-of-memory, even inside a compile error, is raised as one."""
         if not self.execution.warmup:
             return 0.0
         tick = time.perf_counter()
-        try:
-            self._warm()
-        except Exception as e:
-            how = self.execution
-            if isinstance(e, torch.cuda.OutOfMemoryError) or not (how.compile or how.capture):
-                raise
-            first = (str(e).splitlines() or [""])[0][:200]
-            what = " or ".join(name for name, on in (("compile", how.compile),
-                                                      ("capture", how.capture)) if on)
-            self.fallback = (f"{what} failed on this device ({type(e).__name__}: {first}); "
-                             "running eagerly instead (--set compile=false --set "
-                             "capture_step=false skips them)")
-            self.execution = how.eager()
-            self._make_step()
-            self._warm()
-        return time.perf_counter() - tick
+        while True:
+            try:
+                self._warm()
+                return time.perf_counter() - tick
+            except Exception as e:
+                memory, lower = out_of_memory(e), stepped_down(self.execution, e)
+                if memory is not None or lower is None:
+                    raise memory or e       # a new out-of-memory keeps `e` as its context
+                self.execution, note = lower
+                self.notes.append(note)
+                self._make_step()
 
     def _warm(self):
         if self.execution.capture:
             self.step.capture(self.recipe.total_steps())
         self.run(WARMUP_SEED, run=-1)
-        if self.execution.cuda:
-            torch.cuda.synchronize(self.execution.device)
-            # Give back what compiling and autotuning cached, so that a timed run's peak
-            # reserved memory is what the run itself holds (the captured graphs' pool stays).
-            torch.cuda.empty_cache()
+        give_back_cache(self.execution)
 
     def run(self, seed, run=0, on_epoch=None, on_step=None, target_acc=None,
             evaluate_epochs=True):
@@ -115,7 +112,7 @@ class PreparedRun:
         torch.manual_seed(seed)
         reset(self.net)
         step.reset()
-        result, watch = RunResult(run=run, seed=seed), Stopwatch(self.execution.cuda)
+        result, watch = RunResult(run=run, seed=seed), Stopwatch(self.execution.kind)
         memory = PeakMemory(self.execution)
         total, epochs = recipe.total_steps(), recipe.epoch_count()
         tell = (lambda epoch, steps: on_step(run, epoch, steps, total)) if on_step else (
@@ -195,6 +192,66 @@ class PreparedRun:
         return False
 
 
+def stepped_down(how, error):
+    """(the Execution to try after `error` in the warm-up, one line saying so), or None when
+    compile and capture are off already. If compiling failed (or capture is off), the step is
+    captured without compile; if capturing failed, it runs without capture."""
+    if how.compile and (not how.capture or from_compiling(error)):
+        what, off, flag = "compile", {"compile": False}, "compile=false"
+        then = "capturing the step without it" if how.capture else "running eagerly"
+    elif how.capture:
+        what, off, flag = "capture", {"capture": False}, "capture_step=false"
+        then = "running the compiled step uncaptured" if how.compile else "running eagerly"
+    else:
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
+    first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]    # "... raised:"
+    return dataclasses.replace(how, **off), (
+        f"{what} failed on this device ({type(error).__name__}: {first[:200]}); {then} "
+        f"instead (--set {flag} skips it)")
+
+
+def give_back_cache(how):
+    """After the warm-up: wait for the device and give back what compiling and autotuning
+    cached, so that a timed run's peak reserved memory is what the run itself holds (the
+    captured graphs' pool stays)."""
+    if how.cuda:
+        torch.cuda.synchronize(how.device)
+        torch.cuda.empty_cache()
+    elif how.kind == "mps":
+        torch.mps.synchronize()
+        torch.mps.empty_cache()
+
+
+def _chain(error):
+    """`error` and its causes (or contexts), outermost first."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def from_compiling(error):
+    """Whether torch.compile's machinery (dynamo, inductor, Triton) raised `error` or one of
+    its causes: dynamo wraps what goes wrong while compiling in its own exceptions."""
+    return any(type(link).__module__.startswith(("torch._dynamo", "torch._inductor", "triton"))
+               for link in _chain(error))
+
+
+def out_of_memory(error):
+    """`error` as an out-of-memory: itself if it is one; else, when one is in its chain of
+    causes or its text says so (a compile error that met one while autotuning), a new
+    torch.cuda.OutOfMemoryError with that one's text ("... Tried to allocate 2.00 GiB ...");
+    else None."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return error
+    chain = _chain(error)
+    found = [link for link in chain if isinstance(link, torch.cuda.OutOfMemoryError)] or [
+        link for link in chain if "out of memory" in str(link).lower()]
+    return torch.cuda.OutOfMemoryError(str(found[0])) if found else None
+
+
 def final_accuracy(result, test, watch, last_check):
     """The run's reported accuracies. With a target, `last_check` (the last epoch's timed TTA
     check) is the final TTA evaluation; without one (None), it is measured now, timed."""
@@ -253,19 +310,22 @@ class TargetCheck:
 
 
 class Stopwatch:
-    """Accumulates seconds between start() and stop(); on a GPU with CUDA events, waiting for
-    the queued work to finish at each stop."""
+    """Accumulates seconds between start() and stop() on a device of `kind` ("cuda", "mps" or
+    "cpu"): on a CUDA GPU with events, waiting for the queued work to finish at each stop; on
+    Apple's MPS by the clock, waiting for the device at each start and stop."""
 
-    def __init__(self, cuda):
-        self.cuda = cuda
+    def __init__(self, kind):
+        self.cuda, self.mps = kind == "cuda", kind == "mps"
         self.seconds = 0.0
 
     def start(self):
         if self.cuda:
             self._begin = torch.cuda.Event(enable_timing=True)
             self._begin.record()
-        else:
-            self._begin = time.perf_counter()
+            return
+        if self.mps:
+            torch.mps.synchronize()     # what was queued before is not this region's
+        self._begin = time.perf_counter()
 
     def stop(self):
         if self.cuda:
@@ -273,12 +333,14 @@ class Stopwatch:
             end.record()
             torch.cuda.synchronize()
             self.seconds += self._begin.elapsed_time(end) / 1000
-        else:
-            self.seconds += time.perf_counter() - self._begin
+            return
+        if self.mps:
+            torch.mps.synchronize()
+        self.seconds += time.perf_counter() - self._begin
 
 
 class PeakMemory:
-    """The peak GPU memory of one run (nothing on a CPU)."""
+    """The peak GPU memory of one run (nothing on a CPU, nor on MPS, which keeps no peak)."""
 
     def __init__(self, how):
         self.device, self.cuda = how.device, how.cuda

@@ -312,14 +312,45 @@ def test_accuracy_mode_over_two_processes_gives_the_accuracies_of_one(single, ci
         e["train_loss"] for e in single["epochs"]]
 
 
-def test_processes_that_share_gpus_take_turns_and_talk_over_gloo():
+def test_processes_that_share_gpus_take_turns():
     from hlb.bench.dist import placement
-    assert placement(3, "cuda", True, 1) == ("cuda:0", "gloo")
-    assert placement(5, "cuda", True, 2) == ("cuda:1", "gloo")
-    assert placement(1, "cuda", False, 2) == ("cuda:1", "nccl")
-    assert placement(2, "cpu", False, 0) == ("cpu", "gloo")
+    assert placement(3, "cuda", True, 1) == "cuda:0"
+    assert placement(5, "cuda", True, 2) == "cuda:1"
+    assert placement(1, "cuda", False, 2) == "cuda:1"
+    assert placement(2, "cpu", False, 0) == "cpu" and placement(1, "mps", True, 0) == "mps"
     with pytest.raises(HlbError, match="only 1 GPU.*or share them with --accuracy-only"):
         placement(1, "cuda", False, 1)
+
+
+def test_the_process_group_talks_over_gloo_on_the_cpu_whatever_the_device(monkeypatch):
+    """A GPU's ranks too: gloo's timeout is an error we report (NCCL's watchdog would end
+    the process), Windows has it, and no collective runs on a GPU beside a captured step."""
+    from hlb.bench.dist import Group
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    group = Group(World(rank=1, size=2, local_rank=1), "cuda", 300.0)
+    assert (group.device, group.backend) == ("cuda:1", "gloo")
+    joined = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: joined.append(device))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "a GPU")
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, timeout: joined.append(backend))
+    monkeypatch.setattr(group, "exchange", lambda obj: [obj])
+    group.start()
+    group.close()
+    assert joined == ["cuda:1", "gloo"] and group.peers[0]["gpu"] == "a GPU"
+
+
+def test_alive_asks_the_kernel_where_there_is_no_proc(monkeypatch):
+    """macOS: no /proc; the kernel's answer is used (it was never reached before)."""
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda path: False if str(path).startswith("/proc")
+                        else real_isdir(path))
+    assert _alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not _alive(child.pid)
+    monkeypatch.setattr(os, "name", "nt")           # Windows: cannot tell, so not blamed
+    assert _alive(child.pid)
 
 
 def test_verify_under_torchrun_reruns_the_claim_over_the_processes(single, cifar_dir, tmp_path):

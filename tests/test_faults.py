@@ -254,8 +254,187 @@ def test_a_failed_compile_is_one_line_and_the_runs_go_on_eagerly(synthetic_data,
     notes = [line for line in captured.out.splitlines() if line.startswith("note: ")]
     assert notes == ["note: compile failed on this device (RuntimeError: Cannot find a working "
                      "triton installation. Either the package is not installed or it is too "
-                     "old.); running eagerly instead (--set compile=false --set "
-                     "capture_step=false skips them)"]
+                     "old.); running eagerly instead (--set compile=false skips it)"]
     assert "Traceback" not in captured.err and captured.err == ""
     record = json.loads(out.read_text())
     assert record["fallback"] == notes[0][len("note: "):] and record["summary"]["n"] == 2
+
+
+# The warm-up's staged fallback (hlb.train.PreparedRun.warmup), its stages made to fail on the
+# CPU: torch.compile's callables raise what dynamo raises when inductor finds no working Triton,
+# and TrainStep.capture is replaced by one that runs a step as the real one's warm-up steps do
+# (so compiled code runs there) and then fails as a CUDA graph capture does, or not.
+
+TRITON = "Cannot find a working triton installation. More info: ..."
+CAPTURE = "CUDA error: operation not permitted when stream is capturing"
+SMALL = ["train_images=200", "test_images=100", "batch_size=100", "epochs=1",
+         "whiten_init_images=100", "widths=8,16,16"]
+
+
+def inductor(*args):
+    """Stands for the backend in the errors made here."""
+
+
+def NO_TRITON():
+    from torch._dynamo.exc import BackendCompilerFailed
+    return BackendCompilerFailed(inductor, RuntimeError(TRITON), None)
+
+
+def _broken_compile(error):
+    def compile(fn, **kwargs):
+        def call(*args, **kw):
+            raise error()
+        return call
+    return compile
+
+
+def _capture(fails):
+    def capture(self, total_steps, warmup_steps=3):
+        self._step(self.image_sizes[0])
+        if fails:
+            raise RuntimeError(CAPTURE)
+        self.reset()
+    return capture
+
+
+def _prepared(monkeypatch, compile_error, capture_fails, compile=True, capture=True):
+    """A small PreparedRun on the CPU whose execution asks for compile and capture, not yet
+    warmed up; `compile_error` (a callable making the error, or None) is what compiled code
+    raises."""
+    import dataclasses
+    import functools
+    import hlb.optim
+    from hlb.bench.overrides import override
+    from hlb.execution import execution
+    from hlb.recipes import RECIPES
+    from hlb.step import TrainStep
+    from hlb.train import prepare
+    compiling = _broken_compile(compile_error) if compile_error else lambda fn, **kwargs: fn
+    monkeypatch.setattr(torch, "compile", compiling)
+    # Muon's compiled iteration is made once a process: here once a test, with this compile.
+    monkeypatch.setattr(hlb.optim, "compiled_orthogonalize_all", functools.cache(
+        hlb.optim.compiled_orthogonalize_all.__wrapped__))
+    monkeypatch.setattr(TrainStep, "capture", _capture(capture_fails))
+    recipe = override(RECIPES["smoke"], SMALL)
+    how = dataclasses.replace(execution(recipe, "cpu"), compile=compile, capture=capture,
+                              warmup=True)
+    return prepare(recipe, synthetic_cifar(256, 128), "cpu", how)
+
+
+def _warmed(*args, **kwargs):
+    run = _prepared(*args, **kwargs)
+    return run, run.warmup()
+
+
+COMPILE_NOTE = (f"compile failed on this device (BackendCompilerFailed: backend='inductor' "
+                f"raised: RuntimeError: {TRITON}); ")
+
+
+def test_a_failed_compile_keeps_the_captured_step(monkeypatch):
+    run, seconds = _warmed(monkeypatch, NO_TRITON, capture_fails=False)
+    assert seconds > 0 and not run.execution.compile and run.execution.capture
+    assert run.notes == [COMPILE_NOTE + "capturing the step without it instead (--set "
+                         "compile=false skips it)"]
+    assert run.fallback == run.notes[0]
+
+
+def test_a_failed_capture_after_a_failed_compile_runs_eagerly_with_a_line_for_each(
+        monkeypatch):
+    run, _ = _warmed(monkeypatch, NO_TRITON, capture_fails=True)
+    assert not (run.execution.compile or run.execution.capture)
+    assert run.notes == [COMPILE_NOTE + "capturing the step without it instead (--set "
+                         "compile=false skips it)",
+                         f"capture failed on this device (RuntimeError: {CAPTURE}); running "
+                         "eagerly instead (--set capture_step=false skips it)"]
+    assert run.fallback == "; then ".join(run.notes) and "\n" not in run.fallback
+
+
+def test_a_failed_capture_alone_keeps_the_compiled_step(monkeypatch):
+    run, _ = _warmed(monkeypatch, None, capture_fails=True)
+    assert run.execution.compile and not run.execution.capture
+    assert run.notes == [f"capture failed on this device (RuntimeError: {CAPTURE}); running "
+                         "the compiled step uncaptured instead (--set capture_step=false "
+                         "skips it)"]
+
+
+def test_what_fails_with_compile_and_capture_off_is_raised_after_both_notes(monkeypatch):
+    run = _prepared(monkeypatch, NO_TRITON, capture_fails=False)
+    monkeypatch.setattr(run, "run", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        run.warmup()
+    assert [note.split(" (")[0] for note in run.notes] == [
+        "compile failed on this device", "capture failed on this device"]
+
+
+def _wrapped_out_of_memory():
+    from torch._dynamo.exc import BackendCompilerFailed
+    inner = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 "
+                                        "has a total capacity of 3.9 GiB")
+    try:
+        raise inner
+    except torch.cuda.OutOfMemoryError:
+        return BackendCompilerFailed(lambda: None, inner, None)     # its __context__: inner
+
+
+def _said_out_of_memory():
+    from torch._dynamo.exc import BackendCompilerFailed
+    # Only the text holds it, as when Triton's autotuning ran out of memory.
+    return BackendCompilerFailed(lambda: None, RuntimeError(
+        "Triton Error [CUDA]: out of memory. Tried to allocate 1.50 GiB"), None)
+
+
+@pytest.mark.parametrize("error", [_wrapped_out_of_memory, _said_out_of_memory])
+def test_an_out_of_memory_inside_a_compile_error_is_an_out_of_memory(error, monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+    from hlb.train import out_of_memory
+    assert isinstance(out_of_memory(error()), torch.cuda.OutOfMemoryError)
+    assert out_of_memory(RuntimeError(TRITON)) is None
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="Tried to allocate") as raised:
+        _warmed(monkeypatch, error, capture_fails=False)
+    assert isinstance(raised.value.__context__, BackendCompilerFailed)   # the original, kept
+
+
+def test_an_out_of_memory_while_compiling_is_the_out_of_memory_line(synthetic_data,
+                                                                    monkeypatch, capsys):
+    import dataclasses
+    train = sys.modules["hlb.train"]
+    real = train.execution
+    monkeypatch.setattr(train, "execution", lambda recipe, device: dataclasses.replace(
+        real(recipe, device), compile=True, warmup=True))
+    monkeypatch.setattr(torch, "compile", _broken_compile(_wrapped_out_of_memory))
+    assert main([*TINY, "--no-save"]) == 1
+    captured = capsys.readouterr()
+    line = _one_line(captured.err)
+    assert line.startswith("error: out of GPU memory (Tried to allocate 2.00 GiB) at batch_size "
+                           "100; try --set batch_size=50")
+    assert "note: " not in captured.out                  # no fallback was tried
+
+
+def test_every_ranks_fallback_is_printed_with_its_rank(monkeypatch, capsys):
+    """As rank 0 of two: the other rank's note arrives in the gathered payloads."""
+    import dataclasses
+    import functools
+    import hlb.optim
+    from hlb.bench.overrides import override
+    from hlb.bench.report import Table
+    from hlb.recipes import RECIPES
+    train = sys.modules["hlb.train"]
+    real = train.execution
+    monkeypatch.setattr(train, "execution", lambda recipe, device: dataclasses.replace(
+        real(recipe, device), compile=True, warmup=True))
+    monkeypatch.setattr(torch, "compile", _broken_compile(lambda: RuntimeError(TRITON)))
+    monkeypatch.setattr(hlb.optim, "compiled_orthogonalize_all", functools.cache(
+        hlb.optim.compiled_orthogonalize_all.__wrapped__))
+    recipe = override(RECIPES["smoke"], SMALL)
+    prepared = hlb.bench.runs.PreparedRecipe(recipe, "cpu", synthetic_cifar(256, 128), 0)
+
+    class TwoRanks(hlb.bench.runs.LocalScheduler):
+        def gather(self, payload):
+            return [payload, {**payload, "fallback": ["capture failed on this device (...)"]}]
+
+    hlb.bench.runs._warm_up([prepared], [Table()], TwoRanks("cpu"))
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: rank 0: compile failed on this device (RuntimeError: {TRITON}); "
+                     "running eagerly instead (--set compile=false skips it)",
+                     "note: rank 1: capture failed on this device (...)"]
+    assert prepared.record.fallback == " | ".join(note[len("note: "):] for note in notes)

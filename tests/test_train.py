@@ -4,12 +4,13 @@ import math
 import pytest
 import torch
 
+import hlb.execution
 from conftest import synthetic_cifar
 from hlb.augment import normalize
 from hlb.bench.overrides import override
 from hlb.bench.runs import run_recipe
 from hlb.evaluate import plain_evaluation
-from hlb.execution import execution
+from hlb.execution import DeviceFacts, execution
 from hlb.model import reset
 from hlb.recipes import RECIPES
 from hlb.train import prepare
@@ -94,7 +95,10 @@ def test_the_recipe_tta_fraction_reaches_the_final_evaluation():
     assert abs(full.tta_acc - full.val_acc) > 1 / 256
 
 
-def test_the_execution_is_the_recipes_on_a_gpu_and_eager_fp32_on_a_cpu():
+def test_the_execution_is_the_recipes_on_a_gpu_and_eager_fp32_on_a_cpu(monkeypatch):
+    hopper = DeviceFacts("cuda", (9, 0), triton=True, name="H100")    # a GPU that has it all
+    monkeypatch.setattr(hlb.execution, "device_facts",
+                        lambda device: hopper if "cuda" in str(device) else DeviceFacts("cpu"))
     for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16),
                         ("fp32", torch.float32)):
         recipe = override(RECIPES["94"], [f"precision={name}"])

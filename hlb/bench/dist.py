@@ -4,7 +4,10 @@ is lost, the one line that says which and why.
     torchrun --nproc_per_node=8 main.py --runs 200 --json out.json
 
 Which process runs which run is hlb.bench.runs.TorchrunScheduler's; this module only lets the
-processes meet and talk. Results travel as JSON text in uint8 tensors, never as pickles.
+processes meet and talk. Results travel as JSON text in uint8 tensors, never as pickles, and
+always over gloo, on the CPU, whatever the device: they are a few kilobytes a round, gloo's
+timeout raises an error here (where NCCL's watchdog would end the process), gloo exists on
+Windows (NCCL does not), and nothing of the process group runs on a GPU beside a captured step.
 Without torchrun (none of WORLD_SIZE, RANK and LOCAL_RANK in the environment) `joined` yields
 None and nothing here runs.
 """
@@ -99,21 +102,24 @@ def joined(device, share_gpus=False):
 
 
 def _alive(pid):
-    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not). Where that
+    cannot be told (Windows) it counts as running: the line then says "rank unknown"."""
+    if os.name == "nt":
+        return True                 # os.kill(pid, 0) would send it Ctrl-C (CTRL_C_EVENT is 0)
+    if not os.path.isdir("/proc/self"):     # no /proc (macOS): ask the kernel instead
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:             # it exists, but is another user's
+            return True
+        return True
     try:
         with open(f"/proc/{pid}/stat") as f:
             # The state follows the command name, which is in parentheses and may hold spaces.
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except FileNotFoundError:
         return False
-    except OSError:                 # no /proc (macOS): ask the kernel instead
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except OSError:
-            return True
 
 
 def _short(e):
@@ -125,19 +131,18 @@ def _short(e):
 
 
 def placement(local_rank, device, share_gpus, gpus):
-    """(this process's device, the process group's backend). One GPU per process talks over
-    nccl; processes that share GPUs (accuracy mode) talk over gloo, since nccl takes one
-    process per GPU, and what they say is a few kilobytes of JSON a round."""
+    """This process's device: GPU local_rank, or local_rank % gpus when processes share GPUs
+    (accuracy mode); "mps" and "cpu" as they are."""
     if device != "cuda":
-        return "cpu", "gloo"
+        return device
     if share_gpus:
-        return f"cuda:{local_rank % gpus}", "gloo"
+        return f"cuda:{local_rank % gpus}"
     if local_rank >= gpus:
         # Not a UsageError: rank 0 may not share it, so this rank says it itself.
         raise HlbError(f"LOCAL_RANK {local_rank} but only {gpus} GPU(s) are visible here; "
                        "start at most that many processes per machine (--nproc_per_node), "
                        "or share them with --accuracy-only", 2)
-    return f"cuda:{local_rank}", "nccl"
+    return f"cuda:{local_rank}"
 
 
 class Group:
@@ -150,9 +155,8 @@ class Group:
         self.peers = []              # every rank's host, pid and GPU, once started
         self._old_sigterm = None
         gpus = torch.cuda.device_count() if device == "cuda" else 0
-        self.device, self.backend = placement(world.local_rank, device, share_gpus, gpus)
-        # Where the exchanged tensors live: nccl moves only tensors on the rank's GPU.
-        self.wire = self.device if self.backend == "nccl" else "cpu"
+        self.device = placement(world.local_rank, device, share_gpus, gpus)
+        self.backend = "gloo"        # whatever the device: see the module's docstring
 
     def start(self):
         """Take over SIGTERM, join the process group, and meet the other ranks."""
@@ -202,16 +206,15 @@ class Group:
     def exchange(self, obj):
         """Every rank's `obj` (JSON values), in rank order, on every rank."""
         data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
-        data = data.to(self.wire)
-        size = torch.tensor([data.numel()], device=self.wire)
+        size = torch.tensor([data.numel()])
         sizes = [torch.zeros_like(size) for _ in range(self.world.size)]
         self._wait(dist.all_gather(sizes, size, async_op=True))
         sizes = [int(s.item()) for s in sizes]
-        padded = torch.zeros(max(sizes), dtype=torch.uint8, device=self.wire)
+        padded = torch.zeros(max(sizes), dtype=torch.uint8)
         padded[:len(data)] = data
         out = [torch.empty_like(padded) for _ in range(self.world.size)]
         self._wait(dist.all_gather(out, padded, async_op=True))
-        return [json.loads(bytes(t[:n].cpu().numpy()).decode()) for t, n in zip(out, sizes)]
+        return [json.loads(bytes(t[:n].numpy()).decode()) for t, n in zip(out, sizes)]
 
     def agree(self, error=None):
         """Every rank says whether it failed (an HlbError or None); if any did, all stop:

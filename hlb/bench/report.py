@@ -331,3 +331,4 @@ def write_json_atomic(path, obj):
     """Write obj as JSON to path whole or not at all (hlb.files.write_atomic)."""
     text = json.dumps(obj, indent=1) + "\n"
     write_atomic(path, lambda f: f.write(text.encode()))
+        "execution": record.execution,

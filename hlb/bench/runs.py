@@ -27,6 +27,7 @@ from hlb.bench.report import Listener
 from hlb.bench.stats import Summary, summarize
 from hlb.data import CIFAR10_TAR_MD5, CIFAR10_URL, default_data_dir, load_cifar10
 from hlb.errors import AlreadyReported, HlbError, Unexpected, UsageError
+from hlb.execution import execution, missing_kernels
 from hlb.recipes import Recipe, get_recipe
 from hlb.train import EpochRow, RunResult, prepare
 
@@ -62,6 +63,8 @@ class Record:
     warmup_s: float = 0.0          # untimed warm-up run (cudnn autotuning, compilation)
     accuracy_only: bool = False    # no per-epoch evaluation; times not reported (shared GPUs)
     fallback: str = None           # why compile or capture were turned off, if they were
+                                   # (under torchrun each rank's, named)
+    execution: dict = None         # what this device runs and why (Execution.chosen)
     stopped: str = None            # why the runs stopped early, if they did
     target_acc: float = None       # runs stop at the first epoch whose TTA accuracy reaches it
     runs_asked: int = None         # runs 0..runs_asked-1 were asked for (a resume runs the rest)
@@ -76,12 +79,22 @@ class Record:
 
 
 def resolve_device(name=None):
+    """The device to run on: `name`, else a CUDA GPU, else Apple's MPS, else the CPU; an
+    HlbError, before any data, for a CUDA GPU that the installed torch has no kernels for."""
+    mps = torch.backends.mps.is_available()
     if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cuda", "cpu"):
-        raise UsageError(f"unknown device {name!r}; choose cuda or cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    elif name not in ("cuda", "mps", "cpu"):
+        raise UsageError(f"unknown device {name!r}; choose cuda, mps or cpu")
+    elif name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+    elif name == "mps" and not mps:
+        raise UsageError("--device mps: torch sees no Apple GPU (MPS needs macOS on Apple "
+                         "silicon and torch's macOS wheel); use --device cpu")
+    for index in range(torch.cuda.device_count() if name == "cuda" else 0):
+        problem = missing_kernels(f"cuda:{index}")
+        if problem:
+            raise HlbError(problem)
     return name
 
 
@@ -96,6 +109,7 @@ class PreparedRecipe:
         self.record = Record(recipe=recipe, device=torch.device(device).type,
                              data_fingerprint=cifar.fingerprint, seed=seed,
                              overrides=list(overrides), accuracy_only=accuracy_only,
+                             execution=self.prepared.execution.chosen(),
                              net=self.prepared.net)
 
     def warmup(self, listener):
@@ -104,9 +118,7 @@ class PreparedRecipe:
             return
         listener.warmup_started()
         self.record.warmup_s = self.prepared.warmup()
-        if self.prepared.fallback:
-            self.record.fallback = self.prepared.fallback
-            listener.notice(self.prepared.fallback)
+        self.record.fallback = self.prepared.fallback   # shown once every rank's is in
         listener.warmup_finished(self.record.warmup_s)
 
     def run(self, i, runs, listener, target_acc=None):
@@ -293,10 +305,28 @@ def _warm_up(prepared, listeners, scheduler):
 
     _, failure = _guarded(work, prepared[0].recipe)
     payloads = scheduler.gather({"results": [], "failure": failure,
-                                 "warmup_s": [p.record.warmup_s for p in prepared]})
-    for j, p in enumerate(prepared):
+                                 "warmup_s": [p.record.warmup_s for p in prepared],
+                                 "fallback": [p.record.fallback for p in prepared]})
+    for j, (p, listener) in enumerate(zip(prepared, listeners)):
         p.record.warmup_s = max(payload["warmup_s"][j] for payload in payloads)
+        notes = by_rank([payload["fallback"][j] for payload in payloads])
+        p.record.fallback = " | ".join(notes) or None
+        for note in notes:
+            listener.notice(note)
     _raise_first(payloads, scheduler)
+
+
+def by_rank(notes):
+    """Each rank's note (None: none), one line per distinct note, naming its ranks when
+    there are several processes."""
+    ranks = {}
+    for rank, note in enumerate(notes):
+        if note:
+            ranks.setdefault(note, []).append(str(rank))
+    if len(notes) == 1:
+        return list(ranks)
+    return [f"rank{'s' if len(who) > 1 else ''} {', '.join(who)}: {note}"
+            for note, who in ranks.items()]
 
 
 def _run_mine(prepared, active, i, runs, listeners, target_acc, payload):
@@ -457,7 +487,9 @@ def checked_call(recipe, runs, device, overrides=()):
     recipe = override(recipe, overrides)
     if runs < 1:
         raise UsageError(f"--runs must be at least 1, not {runs}")
-    return recipe, resolve_device(device)
+    device = resolve_device(device)
+    execution(recipe, device)           # refuses what the device cannot run, before any data
+    return recipe, device
 
 
 def train(recipe="94", runs=1, device=None, seed=0, data_dir=None, overrides=(),
