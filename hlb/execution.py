@@ -200,10 +200,10 @@ def missing_kernels(device):
     if has_kernels(facts.capability, facts.kernels):
         return None
     if facts.capability < (7, 5):     # from torch 2.11 only cu126 keeps Maxwell to Volta
-        wheel = "the cu126 wheel, the last with sm_50 to sm_70 kernels"
-        index = "cu126"
+        wheel, index = "the cu126 wheel (the last with sm_50 to sm_70)", "cu126"
     else:
-        wheel, index = "a wheel built for it (cu130 has sm_75 to sm_120)", "cu130"
-    return (f"the installed torch {torch.__version__} has no kernels for {facts} (it has "
-            f"{' '.join(facts.kernels)}): install {wheel}, pip install torch --index-url "
-            f"https://download.pytorch.org/whl/{index}, or run on the CPU with --device cpu")
+        wheel, index = "a wheel built for it (cu130: sm_75 to sm_120)", "cu130"
+    return (f"the installed torch {torch.__version__} has no kernels for this GPU, {facts}: "
+            f"it was built for {' '.join(facts.kernels)}; install {wheel}: pip install "
+            f"--force-reinstall torch --index-url https://download.pytorch.org/whl/{index}; "
+            "or run on the CPU with --device cpu")

@@ -164,7 +164,7 @@ def test_a_card_the_installed_torch_has_no_kernels_for_stops_before_any_data(
     assert main([*TINY, "--device", "cuda", "--data-dir", str(never), "--no-save"]) == 1
     out, err = capsys.readouterr()
     line, = err.strip().splitlines()
-    assert f"has no kernels for sm_{capability[0]}{capability[1]}" in line
+    assert f"has no kernels for this GPU, sm_{capability[0]}{capability[1]} (" in line
     assert f"https://download.pytorch.org/whl/{wheel}" in line and "--device cpu" in line
     assert out == "" and not never.exists()
     with pytest.raises(HlbError, match="no kernels"):

@@ -83,7 +83,7 @@ def timeout_s(environ=None):
 
 @contextmanager
 def joined(device, share_gpus=False):
-    """Join torchrun's process group for `device` ("cuda" or "cpu") and yield a Group;
+    """Join torchrun's process group for `device` ("cuda", "mps" or "cpu"); yield a Group;
     yield None when not under torchrun. `share_gpus`: more processes than GPUs may run, each
     on GPU local_rank % count (see `placement`). A SIGTERM or a broken collective that escapes
     the block becomes a one-line HlbError (on rank 0) naming the rank that stopped, if it can."""
