@@ -1,5 +1,5 @@
 """Declared ranges for the fields of a frozen dataclass (the Recipe's): each field is a `knob`,
-its default and the values it allows, declared together and checked when the object is built.
+the values it allows, declared with it and checked when the object is built.
 """
 
 import dataclasses
@@ -91,9 +91,10 @@ class Names:
 FLAG = OneOf((True, False))
 
 
-def knob(default, allowed):
-    """A Recipe field: its default and the values it allows (Span, OneOf or Ints)."""
-    return dataclasses.field(default=default, metadata={"allowed": allowed})
+def knob(allowed):
+    """A Recipe field and the values it allows (Span, OneOf, Ints or Names); its value comes
+    from each named recipe (hlb.recipes.RECIPES), written whole."""
+    return dataclasses.field(metadata={"allowed": allowed})
 
 
 def _typed(kind, value):

@@ -1,28 +1,15 @@
-"""Optimizers (Muon for conv filters, Nesterov SGD), the learning-rate schedule, the whitening
-bias's freeze, and Lookahead.
+"""Optimizers (Muon for conv filters, Nesterov SGD), the learning-rate schedule and its shapes,
+the whitening bias's freeze, and Lookahead.
 
-Hyperparameters arrive in decoupled form (per 1024 examples, independent of momentum) and are
-converted here to what torch.optim.SGD expects for a summed loss.
+Learning rates arrive plain (hlb.recipes): each param group's rate per step at the schedule's
+peak, for the summed loss.
 """
 
 import functools
+import math
 
 import torch
 from torch import nn
-
-
-def sgd_settings(recipe):
-    """(lr, bias_lr, decay) for torch SGD from the recipe's decoupled values.
-
-    With torch's Nesterov SGD and momentum m, a constant gradient moves a weight 1/(1-m) times
-    the raw step once the momentum has built up. The recipe's values divide the raw step by
-    1 + 1/(1-m) instead, the convention the airbench values were tuned with, so that constant
-    stays. `decay` is the fraction of each weight removed per step at the peak learning rate.
-    """
-    examples = 1024 * (1 + 1 / (1 - recipe.momentum))   # what the recipe's lr is "per"
-    lr = recipe.lr / examples
-    decay = recipe.weight_decay * recipe.batch_size / examples
-    return lr, lr * recipe.bias_lr_scale, decay
 
 
 def newton_schulz(g, steps, dtype, eps=1e-7):
@@ -130,8 +117,7 @@ class WhiteningBiasFreeze:
 
     def group(self, lr, decay):
         """Its SGD param group (see make_optimizers)."""
-        return dict(name="whiten_bias", params=[self.bias], lr=lr, weight_decay=decay / lr,
-                    span=self.span)
+        return sgd_group("whiten_bias", [self.bias], lr, decay, span=self.span)
 
     def frozen_at(self, step):
         return step >= self.steps
@@ -148,7 +134,6 @@ def make_optimizers(net, recipe, execution, freeze):
     Each param group has a `name` and a `peak_lr`, which the schedule scales over its `span`
     of steps (the whole run unless the group says).
     """
-    lr, bias_lr, decay = sgd_settings(recipe)
     muon = recipe.optimizer == "muon"
     filters, bn_biases, others = [], [], []
     for module in net.modules():
@@ -160,13 +145,14 @@ def make_optimizers(net, recipe, execution, freeze):
             elif isinstance(module, nn.BatchNorm2d):
                 bn_biases.append(p)
             else:
-                others.append(p)
-    # torch SGD multiplies weight_decay by lr, so dividing by lr keeps decay independent of it.
-    groups = [dict(name="bn_biases", params=bn_biases, lr=bias_lr, weight_decay=decay / bias_lr),
-              freeze.group(lr * recipe.whiten_bias_lr_scale, decay),
-              dict(name="others", params=others, lr=lr, weight_decay=decay / lr)]
+                others.append(p)            # the head (and the filters, without Muon)
+    decay = recipe.weight_decay
+    groups = [sgd_group("bn_biases", bn_biases, recipe.bias_lr, decay),
+              freeze.group(recipe.whiten_bias_lr, decay),
+              sgd_group("head" if muon else "filters_and_head", others, recipe.head_lr, decay)]
     # fused: one kernel per step for all of a group's tensors.
-    sgd = torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=True, fused=True)
+    sgd = torch.optim.SGD(groups, lr=recipe.head_lr, momentum=recipe.momentum, nesterov=True,
+                          fused=True)
     for p in (p for group in groups for p in group["params"]):
         # With zero momentum the first step's buffer is the gradient itself, as torch's own
         # first step makes it, but without a different first step.
@@ -184,6 +170,13 @@ def make_optimizers(net, recipe, execution, freeze):
     return optimizers
 
 
+def sgd_group(name, params, lr, decay, **more):
+    """An SGD param group at `lr` that removes `decay` of each weight per step at the peak:
+    torch's SGD removes lr * weight_decay, so the decay falls with the schedule, as in
+    airbench94_muon."""
+    return dict(name=name, params=params, lr=lr, weight_decay=decay / lr, **more)
+
+
 def zero_state(optimizers):
     """Start of a run: every optimizer's momentum back to zero, in place."""
     torch._foreach_zero_([v for o in optimizers for state in o.state.values()
@@ -197,22 +190,23 @@ class Schedule:
     for the device step counter into `now`, then counts the step. The operations are the same
     at every step (no Python float changes), so a captured step carries the schedule with it.
     A group with a `span` runs the schedule's shape over its first `span` steps (the
-    whitening bias's, see WhiteningBiasFreeze).
+    whitening bias's, see WhiteningBiasFreeze). The groups become ScheduledGroups, so that
+    their rate cannot be set by hand and silently leave the schedule.
     """
 
     def __init__(self, optimizers, recipe, device):
-        groups = [g for optimizer in optimizers for g in optimizer.param_groups]
         total = recipe.total_steps()
-        spans = [g.get("span") or total for g in groups]
+        spans = [g.get("span") or total for o in optimizers for g in o.param_groups]
+        peaks = [g["peak_lr"] for o in optimizers for g in o.param_groups]
         self.table = torch.tensor(
-            [[g["peak_lr"] * lr_multiplier(min(step, span), span, recipe.warmup_frac,
-                                           recipe.lr_start, recipe.lr_end)
-              for step in range(total)] for g, span in zip(groups, spans)],
-            dtype=torch.float, device=device)
-        self.now = torch.zeros(len(groups), 1, device=device)
+            [[peak * lr_multiplier(min(step, span), span, recipe) for step in range(total)]
+             for peak, span in zip(peaks, spans)], dtype=torch.float, device=device)
+        self.now = torch.zeros(len(peaks), 1, device=device)
         self.step = torch.zeros(1, dtype=torch.long, device=device)
-        for i, group in enumerate(groups):
-            group["lr"] = self.now[i, 0]
+        views = iter(self.now[:, 0])
+        for optimizer in optimizers:
+            optimizer.param_groups[:] = [ScheduledGroup(group, next(views))
+                                         for group in optimizer.param_groups]
 
     def reset(self):
         self.step.zero_()
@@ -222,13 +216,57 @@ class Schedule:
         self.step.add_(1)
 
 
-def lr_multiplier(step, total_steps, warmup_frac, start, end):
-    """Linear warm-up from `start` to 1 over the first warmup_frac of steps, then linear decay
-    to `end` at the last step."""
-    warmup = int(total_steps * warmup_frac)
+class ScheduledGroup(dict):
+    """A param group whose `lr` is a view into the schedule's table: setting it to anything
+    else raises, where a plain dict would quietly detach the group from the schedule (and a
+    captured step would never see the new value). Change the recipe's rate instead."""
+
+    def __init__(self, group, lr):
+        super().__init__(group)
+        super().__setitem__("lr", lr)
+
+    def __setitem__(self, key, value):
+        if key == "lr" and value is not self["lr"]:
+            raise TypeError(
+                f"param group {self.get('name')!r}: its lr comes from the schedule "
+                "(hlb.optim.Schedule); change the recipe's rate or the schedule's shape instead")
+        super().__setitem__(key, value)
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+
+# The learning rate's shapes after the warm-up, by the recipe's name for them (`schedule`):
+# shape(t, end) is the multiplier at fraction t of the way from the warm-up's end (1) to the
+# last step (`end`). A new shape is one function here, then `--set schedule=its_name`.
+SCHEDULES = {}
+
+
+def schedule_shape(shape):
+    SCHEDULES[shape.__name__] = shape
+    return shape
+
+
+@schedule_shape
+def linear(t, end):
+    return 1 + (end - 1) * t
+
+
+@schedule_shape
+def cosine(t, end):
+    return end + (1 - end) * (1 + math.cos(math.pi * t)) / 2
+
+
+def lr_multiplier(step, total_steps, recipe):
+    """The learning rate's multiplier at `step` of `total_steps`: a linear warm-up from
+    `lr_start` to 1 over the first `warmup_frac` of the steps, then the recipe's shape down to
+    `lr_end` at the last step."""
+    warmup = int(total_steps * recipe.warmup_frac)
     if step < warmup:
-        return start + (1 - start) * step / warmup
-    return 1 + (end - 1) * (step - warmup) / max(1, total_steps - warmup)
+        return recipe.lr_start + (1 - recipe.lr_start) * step / warmup
+    t = (step - warmup) / max(1, total_steps - warmup)
+    return SCHEDULES[recipe.schedule](t, recipe.lr_end)
 
 
 class Lookahead:

@@ -24,7 +24,7 @@ def run_main(*args, env=None, timeout=300):
     (["--runs", "0"], "--runs must be at least 1"),
     (["--seed", "-1"], "--seed: must not be negative"),
     (["--recipe", "93"], "unknown recipe '93'"),
-    (["--set", "lr=fast"], "--set lr=fast: expected a number"),
+    (["--set", "bias_lr=fast"], "--set bias_lr=fast: expected a number"),
     (["--set", "speed=11"], "unknown key 'speed'; valid keys:"),
     (["--runs", "many"], "invalid int value"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
@@ -97,7 +97,7 @@ def test_a_run_end_to_end_writes_table_summary_and_record(cifar_dir, tmp_path):
 def test_a_diverging_run_sets_a_failing_status(cifar_dir, tmp_path):
     out = tmp_path / "record.json"
     result = run_main("--recipe", "smoke", "--device", "cpu", "--data-dir", str(cifar_dir),
-                      "--json", str(out), *TINY, "--set", "lr=1e9")
+                      "--json", str(out), *TINY, "--set", "bias_lr=1e9")
     assert result.returncode == 1
     assert "diverged" in result.stdout and "1 run(s) diverged" in result.stderr
     record = json.loads(out.read_text())

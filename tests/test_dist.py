@@ -199,7 +199,8 @@ def test_compare_under_torchrun_keeps_the_pairs(cifar_dir, tmp_path):
     out = tmp_path / "cmp.json"
     flags = " ".join(TINY[4:])
     result = run([*_torchrun(2), "compare", "--recipe", "smoke", "--device", "cpu",
-                  "--runs", "3", "--seed", "7", "--a", flags, "--b", flags + " --set lr=4",
+                  "--runs", "3", "--seed", "7", "--a", flags,
+                  "--b", flags + " --set bias_lr=0.03",
                   "--data-dir", str(cifar_dir), "--json", str(out), "--no-save"])
     assert result.returncode == 0, result.stderr
     order = [line[:1] for line in result.stdout.splitlines() if " tta |" in line]

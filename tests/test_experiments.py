@@ -7,6 +7,7 @@ import pytest
 import hlb.bench.runs
 from conftest import synthetic_cifar
 from hlb.bench.cli import main
+from hlb.recipes import get_recipe
 
 TINY = ["--set", "train_images=256", "--set", "test_images=128", "--set", "batch_size=64",
         "--set", "epochs=2", "--set", "whiten_init_images=128", "--set", "widths=8,16,16"]
@@ -22,7 +23,7 @@ def test_compare_runs_both_arms_interleaved_with_the_same_seeds(tmp_path, runs_d
     out = tmp_path / "cmp.json"
     flags = " ".join(TINY)
     status = main(["compare", "--recipe", "smoke", "--device", "cpu", "--runs", "3",
-                   "--seed", "7", "--a", flags, "--b", flags + " --set lr=4",
+                   "--seed", "7", "--a", flags, "--b", flags + " --set bias_lr=0.03",
                    "--json", str(out)])
     text = capsys.readouterr().out
     assert status == 0
@@ -38,18 +39,19 @@ def test_compare_runs_both_arms_interleaved_with_the_same_seeds(tmp_path, runs_d
     record = json.loads(out.read_text())
     assert [r["seed"] for r in record["a"]["runs"]] == [7, 8, 9]
     assert [r["seed"] for r in record["b"]["runs"]] == [7, 8, 9]
-    assert record["a"]["recipe"]["lr"] == 8.0 and record["b"]["recipe"]["lr"] == 4.0
+    assert record["a"]["recipe"]["bias_lr"] == get_recipe("smoke").bias_lr
+    assert record["b"]["recipe"]["bias_lr"] == 0.03
     assert record["a"]["overrides"] == TINY[1::2]
-    assert record["b"]["overrides"] == TINY[1::2] + ["lr=4"]
+    assert record["b"]["overrides"] == TINY[1::2] + ["bias_lr=0.03"]
     assert record["comparison"]["test"] == "paired"
 
 
 def test_compare_two_saved_records(tmp_path, capsys):
     paths = []
-    for name, lr in (("a", "8"), ("b", "4")):
+    for name, lr in (("a", "0.065"), ("b", "0.03")):
         path = tmp_path / f"{name}.json"
         assert main(["--recipe", "smoke", "--device", "cpu", "--runs", "2", *TINY,
-                     "--set", f"lr={lr}", "--json", str(path)]) == 0
+                     "--set", f"bias_lr={lr}", "--json", str(path)]) == 0
         paths.append(str(path))
     capsys.readouterr()
     assert main(["compare", *paths]) == 0
@@ -59,7 +61,7 @@ def test_compare_two_saved_records(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["compare", "--runs", "1"], "--runs must be at least 2"),
-    (["compare", "--a", "--set lr=x"], "arm A: --set lr=x: expected a number"),
+    (["compare", "--a", "--set bias_lr=x"], "arm A: --set bias_lr=x: expected a number"),
     (["compare", "--b", "--recipe 93"], "arm B: unknown recipe '93'"),
     (["compare", "only_one.json"], "two records"),
     (["compare", "missing_a.json", "missing_b.json"], "missing_a.json"),
@@ -109,12 +111,12 @@ def test_target_must_be_a_fraction(capsys):
 
 
 def test_records_are_kept_listed_and_plotted(runs_dir, tmp_path, capsys):
-    assert main(["--recipe", "smoke", "--device", "cpu", *TINY, "--set", "lr=6"]) == 0
+    assert main(["--recipe", "smoke", "--device", "cpu", *TINY, "--set", "bias_lr=0.05"]) == 0
     assert "record kept in " + str(runs_dir) in capsys.readouterr().out
     assert main(["--recipe", "smoke", "--device", "cpu", *TINY, "--no-save"]) == 0
     assert main(["runs"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert len([line for line in table if "lr=6" in line]) == 1
+    assert len([line for line in table if "bias_lr=0.05" in line]) == 1
     assert not any("no records" in line for line in table)
     pytest.importorskip("matplotlib")
     kept = sorted(runs_dir.glob("*/record.json"))

@@ -7,8 +7,8 @@ from hlb.bench.runs import run_recipe
 from hlb.execution import execution
 from hlb.model import Net
 from hlb.optim import (Lookahead, Muon, Schedule, WhiteningBiasFreeze, compiled_orthogonalize_all,
-                       lr_multiplier, make_optimizers, newton_schulz, orthogonalize_all,
-                       sgd_settings, zero_state)
+                       SCHEDULES, lr_multiplier, make_optimizers, newton_schulz,
+                       orthogonalize_all, zero_state)
 from hlb.recipes import RECIPES
 
 CPU = torch.float32         # the Newton-Schulz iteration's dtype on a CPU
@@ -20,9 +20,14 @@ def optimizers_of(net, recipe):
     return make_optimizers(net, recipe, execution(recipe, "cpu"), freeze), freeze
 
 
+def shaped(schedule="linear", **values):
+    return override(RECIPES["94sgd"], [f"schedule={schedule}"] +
+                    [f"{k}={v}" for k, v in values.items()])
+
+
 def test_schedule_starts_peaks_and_ends_where_it_says():
-    total = 476
-    values = [lr_multiplier(s, total, 0.23, 0.2, 0.07) for s in range(total + 1)]
+    total, recipe = 476, shaped(warmup_frac=0.23, lr_start=0.2, lr_end=0.07)
+    values = [lr_multiplier(s, total, recipe) for s in range(total + 1)]
     assert values[0] == pytest.approx(0.2)
     assert max(values) == pytest.approx(1.0)
     assert values.index(max(values)) == int(total * 0.23)
@@ -31,16 +36,38 @@ def test_schedule_starts_peaks_and_ends_where_it_says():
 
 
 def test_schedule_without_warmup_decays_from_one():
-    assert lr_multiplier(0, 10, 0.0, 0.2, 0.0) == 1.0
-    assert lr_multiplier(10, 10, 0.0, 0.2, 0.0) == 0.0
+    recipe = shaped(warmup_frac=0.0, lr_start=0.2, lr_end=0.0)
+    assert lr_multiplier(0, 10, recipe) == 1.0
+    assert lr_multiplier(10, 10, recipe) == 0.0
 
 
-def test_decoupled_settings_match_the_paper_values():
-    lr, bias_lr, decay = sgd_settings(RECIPES["94sgd"])
-    assert lr == pytest.approx(11.5 / (1024 * (1 + 1 / 0.15)))
-    assert bias_lr == pytest.approx(64 * lr)
-    assert bias_lr == pytest.approx(0.094, abs=0.001)
-    assert decay == pytest.approx(0.0153 * 1024 / (1024 * (1 + 1 / 0.15)))
+def test_a_cosine_schedule_is_one_name_away():
+    recipe = shaped("cosine", warmup_frac=0.1, lr_start=0.2, lr_end=0.1)
+    values = [lr_multiplier(s, 100, recipe) for s in range(101)]
+    assert values[0] == pytest.approx(0.2) and values[10] == pytest.approx(1.0)
+    assert values[55] == pytest.approx((1 + 0.1) / 2)        # halfway down the cosine
+    assert values[100] == pytest.approx(0.1)
+    assert all(b <= a for a, b in zip(values[10:], values[11:]))
+    assert set(SCHEDULES) >= {"linear", "cosine"}
+
+
+def test_a_new_shape_is_one_function(monkeypatch):
+    monkeypatch.setitem(SCHEDULES, "step", lambda t, end: 1.0 if t < 0.5 else end)
+    recipe = shaped("step", warmup_frac=0.0, lr_end=0.1)     # the recipe accepts it at once
+    assert [lr_multiplier(s, 10, recipe) for s in (0, 4, 5, 9)] == [1.0, 1.0, 0.1, 0.1]
+
+
+def test_a_groups_rate_cannot_be_detached_from_the_schedule():
+    recipe = RECIPES["smoke"]
+    optimizers, _ = optimizers_of(Net(recipe), recipe)
+    Schedule(optimizers, recipe, "cpu")
+    group = optimizers[0].param_groups[0]
+    with pytest.raises(TypeError, match="'bn_biases': its lr comes from the schedule"):
+        group["lr"] = 0.1
+    with pytest.raises(TypeError, match="its lr comes from the schedule"):
+        group.update(lr=0.1)
+    group["momentum"] = 0.9                                  # other settings stay free
+    assert group["momentum"] == 0.9
 
 
 def test_parameter_groups_split_batchnorm_biases():
@@ -48,6 +75,7 @@ def test_parameter_groups_split_batchnorm_biases():
     net = Net(recipe)
     (opt,), _ = optimizers_of(net, recipe)
     bn_group, whiten_group, other_group = opt.param_groups
+    assert other_group["name"] == "filters_and_head"         # SGD alone trains the filters
     bn_biases = {id(m.bias) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert {id(p) for p in bn_group["params"]} == bn_biases
     assert whiten_group["params"] == [net.whiten.bias]
@@ -156,7 +184,7 @@ def test_whitening_bias_can_run_its_own_schedule_to_the_freeze():
     assert recipe.whiten_bias_own_schedule and freeze.steps == 75
     schedule = Schedule(optimizers, recipe, "cpu")
     groups = [g for o in optimizers for g in o.param_groups]
-    assert [g["name"] for g in groups] == ["bn_biases", "whiten_bias", "others", "filters"]
+    assert [g["name"] for g in groups] == ["bn_biases", "whiten_bias", "head", "filters"]
     peaks = [g["peak_lr"] for g in groups]
 
     def ratios(step):
@@ -183,9 +211,7 @@ def test_the_device_schedule_holds_the_float_schedule_and_counts_steps():
     sgd_head = optimizers[0].param_groups[2]
     for step in range(recipe.total_steps()):
         schedule.advance()
-        expected = sgd_head["peak_lr"] * lr_multiplier(step, recipe.total_steps(),
-                                                       recipe.warmup_frac, recipe.lr_start,
-                                                       recipe.lr_end)
+        expected = sgd_head["peak_lr"] * lr_multiplier(step, recipe.total_steps(), recipe)
         assert sgd_head["lr"].item() == torch.tensor(expected).item()   # the same float32
     assert schedule.step.item() == recipe.total_steps()
     schedule.reset()

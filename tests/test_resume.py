@@ -94,7 +94,8 @@ def test_an_interrupted_invocation_resumes_where_it_stopped(cifar_dir, tmp_path,
 def test_an_interrupted_sweep_resumes_every_cell(cifar_dir, tmp_path):
     out = tmp_path / "s.json"
     flags = [x if x != "epochs=1" else "epochs=2" for x in TINY]     # a third of a second a run
-    args = ["sweep", *flags, "--vary", "lr=4,12", "--runs", "5", "--data-dir", str(cifar_dir),
+    args = ["sweep", *flags, "--vary", "bias_lr=0.03,0.1", "--runs", "5",
+            "--data-dir", str(cifar_dir),
             "--no-save"]
     _interrupt_after_two(args, out)                # two rounds: the base's runs 0 and 1
     before = json.loads(out.read_text())
@@ -104,7 +105,7 @@ def test_an_interrupted_sweep_resumes_every_cell(cifar_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "kept as they were" in result.stdout and result.stdout.count("#  cell") == 1
     after = json.loads(out.read_text())
-    assert [c["name"] for c in after["cells"]] == ["lr=4", "lr=12"]
+    assert [c["name"] for c in after["cells"]] == ["bias_lr=0.03", "bias_lr=0.1"]
     for was, now in zip([before, *before["cells"]], [after, *after["cells"]]):
         _check_resumed(was, now)
     assert [row["n"] for row in after["table"]] == [5, 5, 5]
@@ -147,8 +148,8 @@ def _interrupt_at(monkeypatch, run, when=lambda recipe: True):
 
     def train_run(self, *args, run=0, **kwargs):
         recipe = self.recipe
-        asked.append((recipe.lr, run))
-        if run == stop_at and when(recipe) and asked.count((recipe.lr, run)) == 1:
+        asked.append((recipe.bias_lr, run))
+        if run == stop_at and when(recipe) and asked.count((recipe.bias_lr, run)) == 1:
             raise KeyboardInterrupt
         return real_train_run(self, *args, run=run, **kwargs)
 
@@ -160,8 +161,8 @@ def test_compare_resumes_both_arms(synthetic_data, monkeypatch, tmp_path, capsys
     out = tmp_path / "cmp.json"
     flags = " ".join(TINY[4:])
     args = ["compare", "--recipe", "smoke", "--device", "cpu", "--runs", "4",
-            "--a", flags, "--b", flags + " --set lr=4", "--no-save"]
-    asked = _interrupt_at(monkeypatch, 2, when=lambda recipe: recipe.lr == 4)
+            "--a", flags, "--b", flags + " --set bias_lr=0.03", "--no-save"]
+    asked = _interrupt_at(monkeypatch, 2, when=lambda recipe: recipe.bias_lr == 0.03)
     assert main([*args, "--json", str(out)]) == 130
     before = json.loads(out.read_text())
     # Arm A's run 2 finished before B's was interrupted: it is kept too.
@@ -170,7 +171,7 @@ def test_compare_resumes_both_arms(synthetic_data, monkeypatch, tmp_path, capsys
     after = json.loads(out.read_text())
     for arm in "ab":
         _check_resumed(before[arm], after[arm], 4)
-    assert asked.count((get_recipe("smoke").lr, 2)) == 1     # A's run 2 was not run again
+    assert asked.count((get_recipe("smoke").bias_lr, 2)) == 1     # A's run 2 was not run again
     assert after["comparison"]["test"] == "paired" and after["comparison"]["a"]["n"] == 4
     assert "paired over 4 seeds" in capsys.readouterr().out
 
@@ -204,10 +205,11 @@ def _one_line(capsys):
 
 @pytest.mark.parametrize("extra, edit, status, message", [
     (["--recipe", "94"], None, 2, "not the interrupted command: the recipe 94 here, smoke"),
-    (["--set", "lr=3"], None, 2, "--set train_images=256"),
+    (["--set", "bias_lr=3"], None, 2, "--set train_images=256"),
     (["--seed", "1"], None, 2, "--seed 1 here, 0 in the record"),
     (["--target-acc", "0.5"], None, 2, "--target-acc 0.5 here, None in the record"),
-    ([], lambda r: r["recipe"].update(lr=99.0), 2, "recipe value lr (its default changed?)"),
+    ([], lambda r: r["recipe"].update(bias_lr=99.0), 2,
+     "recipe value bias_lr (its default changed?)"),
     ([], lambda r: r.update(data_fingerprint="other"), 2, "the data differs"),
     ([], lambda r: r["environment"]["code"].update(source_sha256="0" * 64), 2,
      "the code differs"),
@@ -217,7 +219,7 @@ def _one_line(capsys):
     ([], lambda r: r["runs"][0].update(extra=1), 1, "run 0 has unknown extra"),
     ([], lambda r: r["epochs"][0].update(val_acc="high"), 1, "epoch row 0 has a bad val_acc"),
     ([], lambda r: r["epochs"][0].update(run=1), 1, "belongs to run 1"),
-    ([], lambda r: r.update(overrides="lr=3"), 1, "overrides is not a list"),
+    ([], lambda r: r.update(overrides="bias_lr=3"), 1, "overrides is not a list"),
     ([], lambda r: r.update(seed="0"), 1, "seed '0' is not a whole number"),
     ([], lambda r: r.pop("recipe"), 1, "recipe is missing"),
 ])

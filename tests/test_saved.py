@@ -197,3 +197,34 @@ def test_save_model_into_a_missing_folder_fails_before_training(tmp_path, capsys
     err = capsys.readouterr().err
     assert "--save-model" in err and "does not exist" in err
     assert not (tmp_path / "d").exists()
+
+
+def _with_recipe(path, source, recipe_values):
+    tensors, metadata = read_safetensors(source)
+    write_safetensors(path, tensors, {**metadata, "recipe": json.dumps(recipe_values)})
+    return path
+
+
+def test_a_model_saved_with_the_decoupled_rates_loads_with_the_same_rates(trained, tmp_path):
+    """Before 2026-12-06 a recipe held SGD's rates in decoupled units; such a file still loads,
+    its rates converted to the plain ones they were."""
+    saved = load_saved(trained.model)
+    old = saved.recipe.to_dict()
+    for key in ("head_lr", "bias_lr", "whiten_bias_lr", "schedule"):
+        del old[key]
+    old.update(lr=8.0, bias_lr_scale=64.0, whiten_bias_lr_scale=1.0, weight_decay=0.0153)
+    loaded = load_saved(_with_recipe(tmp_path / "old", trained.model, old))
+    examples = 1024 * (1 + 1 / (1 - 0.85))
+    assert (loaded.recipe.head_lr, loaded.recipe.bias_lr) == (8.0 / examples, 8.0 / examples * 64)
+    # The decoupled decay was per example of the batch (100 here); the plain one per step.
+    assert loaded.recipe.weight_decay == 0.0153 * 100 / examples
+    rest = dict(loaded.recipe.to_dict(), weight_decay=saved.recipe.weight_decay)
+    assert rest == saved.recipe.to_dict()
+    assert torch.equal(loaded.net.head.weight, saved.net.head.weight)
+
+
+def test_a_model_from_another_version_is_refused_naming_what_differs(trained, tmp_path):
+    values = load_saved(trained.model).recipe.to_dict()
+    del values["schedule"]
+    with pytest.raises(HlbError, match="another hlb version \\(missing recipe values schedule\\)"):
+        load_saved(_with_recipe(tmp_path / "cut", trained.model, values))

@@ -13,7 +13,7 @@ from hlb.bench.runs import PreparedRecipe
 from hlb.errors import UsageError
 from hlb.execution import execution
 from hlb.model import reset
-from hlb.optim import lr_multiplier, orthogonalize_all, sgd_settings
+from hlb.optim import lr_multiplier, orthogonalize_all
 from hlb.recipes import RECIPES
 from hlb.step import forward_loss, summed_loss
 from hlb.train import prepare
@@ -142,13 +142,13 @@ class ReferenceMuon(torch.optim.Optimizer):
 
 
 def reference_optimizers(net, recipe):
-    lr, bias_lr, decay = sgd_settings(recipe)
+    lr, bias_lr, whiten_lr, decay = (recipe.head_lr, recipe.bias_lr, recipe.whiten_bias_lr,
+                                     recipe.weight_decay)
     muon = recipe.optimizer == "muon"
     bn = [m.bias for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     filters = [p for p in net.parameters() if p.ndim == 4 and p.requires_grad] if muon else []
     taken = {id(p) for p in bn + filters + [net.whiten.bias]}
     others = [p for p in net.parameters() if p.requires_grad and id(p) not in taken]
-    whiten_lr = lr * recipe.whiten_bias_lr_scale
     span = FREEZE if recipe.whiten_bias_own_schedule else None
     groups = [dict(params=bn, lr=bias_lr, weight_decay=decay / bias_lr),
               dict(params=[net.whiten.bias], lr=whiten_lr, weight_decay=decay / whiten_lr,
@@ -174,8 +174,7 @@ def reference_step(net, optimizers, recipe, images, labels, step, slow):
     loss.backward()
     for group in (g for o in optimizers for g in o.param_groups):
         span = group["span"]
-        group["lr"] = group["peak_lr"] * lr_multiplier(
-            min(step, span), span, recipe.warmup_frac, recipe.lr_start, recipe.lr_end)
+        group["lr"] = group["peak_lr"] * lr_multiplier(min(step, span), span, recipe)
     for optimizer in optimizers:
         optimizer.step()
     net.zero_grad(set_to_none=True)

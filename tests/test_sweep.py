@@ -28,11 +28,11 @@ SMOKE = get_recipe("smoke")
 
 
 def test_the_grid_is_every_combination_with_values_parsed_as_set_parses_them():
-    grid = make_grid(SMOKE, ["epochs=1"], ["lr=4,12", "widths=8,16,16/16,32,32"], runs=5)
+    grid = make_grid(SMOKE, ["epochs=1"], ["bias_lr=4,12", "widths=8,16,16/16,32,32"], runs=5)
     assert grid.base.recipe.epochs == 1.0 and grid.base.name == "base"
     assert [c.name for c in grid.cells] == [
-        "lr=4 widths=8,16,16", "lr=4 widths=16,32,32",
-        "lr=12 widths=8,16,16", "lr=12 widths=16,32,32"]
+        "bias_lr=4 widths=8,16,16", "bias_lr=4 widths=16,32,32",
+        "bias_lr=12 widths=8,16,16", "bias_lr=12 widths=16,32,32"]
     last = grid.cells[-1].recipe
     assert (last.lr, last.widths, last.epochs) == (12.0, (16, 32, 32), 1.0)
     assert grid.cells[0].values == {"lr": "4", "widths": "8,16,16"}
@@ -41,7 +41,7 @@ def test_the_grid_is_every_combination_with_values_parsed_as_set_parses_them():
 
 @pytest.mark.parametrize("sets, varies, runs, message", [
     ([], ["speed=1,2"], 5, "--vary speed=1,2: unknown key 'speed'; valid keys:"),
-    ([], ["lr=4,fast"], 5, "--vary lr=fast: expected a number"),
+    ([], ["bias_lr=4,fast"], 5, "--vary bias_lr=fast: expected a number"),
     ([], ["widths=8,16/16,32,32"], 5, "--vary widths=8,16: recipe 'smoke': widths=(8, 16): "
                                       "expected 3 comma-separated"),
     ([], ["batch_size=100,20000"], 5, "--vary batch_size=20000: recipe 'smoke': "
@@ -49,17 +49,17 @@ def test_the_grid_is_every_combination_with_values_parsed_as_set_parses_them():
     (["whiten_init_images=400"], ["batch_size=100,800", "train_images=500,1000"], 5,
      "cell batch_size=800 train_images=500: recipe 'smoke': batch_size=800: expected at "
      "most train_images"),
-    (["lr=4"], ["lr=4,12"], 5, "--vary lr=4,12: lr is also given with --set"),
-    ([], ["lr="], 5, "--vary lr=: an empty list or value"),
-    ([], ["lr=4,,12"], 5, "an empty list or value"),
-    ([], ["lr"], 5, "--vary lr: expected KEY=V1,V2,..."),
-    ([], ["lr=4,4.0"], 5, "4.0 and 4 are the same value"),
-    ([], ["lr=4", "lr=12"], 5, "--vary lr is given twice"),
+    (["bias_lr=4"], ["bias_lr=4,12"], 5, "--vary bias_lr=4,12: bias_lr is also given with --set"),
+    ([], ["bias_lr="], 5, "--vary bias_lr=: an empty list or value"),
+    ([], ["bias_lr=4,,12"], 5, "an empty list or value"),
+    ([], ["bias_lr"], 5, "--vary bias_lr: expected KEY=V1,V2,..."),
+    ([], ["bias_lr=4,4.0"], 5, "4.0 and 4 are the same value"),
+    ([], ["bias_lr=4", "bias_lr=12"], 5, "--vary bias_lr is given twice"),
     ([], [], 5, "a sweep needs --vary KEY=V1,V2,... (a grid) or --cell FLAGS"),
-    ([], ["lr=4"], 1, "--runs must be at least 2 for a sweep"),
-    ([], ["lr=1,2,3,4,5,6,7,8"], 3, "8 cells need --runs 4 or more: with 3, a difference "
+    ([], ["bias_lr=4"], 1, "--runs must be at least 2 for a sweep"),
+    ([], ["bias_lr=1,2,3,4,5,6,7,8"], 3, "8 cells need --runs 4 or more: with 3, a difference "
                                     "must exceed 13 standard errors"),
-    ([], ["lr=1,2,3,4,5,6,7,8,9", "epochs=1,2,3,4,5,6,7,8"], 50, "72 cells is more than 64"),
+    ([], ["bias_lr=1,2,3,4,5,6,7,8,9", "epochs=1,2,3,4,5,6,7,8"], 50, "72 cells is more than 64"),
 ])
 def test_bad_input_is_one_line(sets, varies, runs, message):
     with pytest.raises(UsageError) as e:
@@ -73,15 +73,16 @@ def test_the_runs_rule_follows_the_bonferroni_critical_t():
     assert critical_t(8, 3) == pytest.approx((2 * p - 1) * math.sqrt(2 / (4 * p * (1 - p))))
     assert critical_t(1, 10) == pytest.approx(2.2622, abs=1e-4)      # t(0.975, 9), tables
     assert critical_t(8, 4) < 10 < critical_t(8, 3)
-    make_grid(SMOKE, [], ["lr=1,2,3,4,5,6,7,8"], 4)
+    make_grid(SMOKE, [], ["bias_lr=1,2,3,4,5,6,7,8"], 4)
     with pytest.raises(UsageError, match="--prune needs --runs above 3"):
-        make_grid(SMOKE, [], ["lr=4"], 3, prune=True)
+        make_grid(SMOKE, [], ["bias_lr=4"], 3, prune=True)
 
 
 def test_bad_input_on_the_command_line_exits_2_with_one_line(capsys):
-    assert cli.main(["sweep", "--recipe", "smoke", "--set", "lr=4", "--vary", "lr=4,12"]) == 2
+    assert cli.main(["sweep", "--recipe", "smoke", "--set", "bias_lr=4",
+                     "--vary", "bias_lr=4,12"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --vary lr=4,12: lr is also given with --set")
+    assert err.startswith("error: --vary bias_lr=4,12: bias_lr is also given with --set")
     assert len(err.strip().splitlines()) == 1
 
 
@@ -177,10 +178,10 @@ def planted(monkeypatch):
     """A run replaced by a planted accuracy per lr (the fixture's value: that run)."""
     def train_run(self, seed, run, **kwargs):
         recipe = self.recipe
-        noise = 0.02 if recipe.lr == 10.0 else 0.0005
-        acc = 0.5 + 0.01 * math.sin(7 * seed) + EFFECT[recipe.lr] + noise * math.cos(seed + 1)
+        noise = 0.02 if recipe.bias_lr == 10.0 else 0.0005
+        acc = 0.5 + 0.01 * math.sin(7 * seed) + EFFECT[recipe.bias_lr] + noise * math.cos(seed + 1)
         return RunResult(run=run, seed=seed, tta_acc=acc, val_acc=acc,
-                         train_time_s=2.0 + recipe.lr / 100)
+                         train_time_s=2.0 + recipe.bias_lr / 100)
     monkeypatch.setattr(PreparedRun, "run", train_run)
     monkeypatch.setattr(hlb.bench.runs, "load_data", lambda data_dir=None: synthetic_cifar())
     return train_run
@@ -188,16 +189,17 @@ def planted(monkeypatch):
 
 def test_a_pruned_sweep_end_to_end(planted, tmp_path, capsys, runs_dir):
     out = tmp_path / "sweep.json"
-    code = cli.main(["sweep", *TINY, "--vary", "lr=1,10,12", "--runs", "5", "--prune",
+    code = cli.main(["sweep", *TINY, "--vary", "bias_lr=1,10,12", "--runs", "5", "--prune",
                      "--seed", "3", "--json", str(out)])
     text = capsys.readouterr().out
     assert code == 0
     lines = text.splitlines()
     assert lines[0].startswith("hlb-cifar10 sweep: base smoke train_images=256")
     assert "and 3 cell(s), 5 runs each, interleaved, seeds 3..7" in lines[0]
-    assert "  dropped lr=1 after run 3 of 5: below lr=12 by 6.00 points" in text
+    assert "  dropped bias_lr=1 after run 3 of 5: below bias_lr=12 by 6.00 points" in text
     table = lines[lines.index(next(x for x in lines if x.startswith("#  cell"))):]
-    assert [row.split()[1] for row in table[1:5]] == ["base", "lr=12", "lr=10", "lr=1"]
+    assert [row.split()[1] for row in table[1:5]] == [
+        "base", "bias_lr=12", "bias_lr=10", "bias_lr=1"]
     assert "less accurate, faster; dropped after run 3" in table[4]
     assert table[2].endswith("more accurate, slower")
     assert table[5].startswith("Δ = cell - base, paired by seed; intervals simultaneous "
@@ -207,49 +209,52 @@ def test_a_pruned_sweep_end_to_end(planted, tmp_path, capsys, runs_dir):
     assert [r["seed"] for r in data["runs"]] == [3, 4, 5, 6, 7]            # the base
     assert data["vary"] == [{"key": "lr", "values": ["1", "10", "12"]}]
     seeds = {c["name"]: [r["seed"] for r in c["runs"]] for c in data["cells"]}
-    assert seeds == {"lr=1": [3, 4, 5], "lr=10": [3, 4, 5, 6, 7], "lr=12": [3, 4, 5, 6, 7]}
+    assert seeds == {"bias_lr=1": [3, 4, 5], "bias_lr=10": [3, 4, 5, 6, 7],
+                     "bias_lr=12": [3, 4, 5, 6, 7]}
     assert data["cells"][0]["dropped"]["after_runs"] == 3
-    assert [row["name"] for row in data["table"]] == ["base", "lr=12", "lr=10", "lr=1"]
+    assert [row["name"] for row in data["table"]] == [
+        "base", "bias_lr=12", "bias_lr=10", "bias_lr=1"]
     assert data["table"][1]["acc"]["diff"] == pytest.approx(0.01, abs=1e-3)
     kept = list(runs_dir.glob("*/record.json"))
     assert len(kept) == 1 and json.loads(kept[0].read_text()) == data
 
 
 def test_a_grid_without_prune_runs_every_cell_every_run(planted, capsys):
-    assert cli.main(["sweep", *TINY, "--vary", "lr=1,12", "--runs", "3", "--no-save"]) == 0
+    assert cli.main(["sweep", *TINY, "--vary", "bias_lr=1,12", "--runs", "3", "--no-save"]) == 0
     text = capsys.readouterr().out
     assert text.count("  run ") == 9 and "dropped" not in text
 
 
 def test_a_sweep_of_listed_cells_runs_each_as_given(planted, tmp_path, capsys):
     out = tmp_path / "sweep.json"
-    cells = ["--set lr=12", "--set lr=10 --set epochs=2", "--recipe smoke --set lr=1"]
+    cells = ["--set bias_lr=12", "--set bias_lr=10 --set epochs=2",
+             "--recipe smoke --set bias_lr=1"]
     assert cli.main(["sweep", *TINY, "--runs", "3", "--no-save", "--json", str(out),
                      *[arg for c in cells for arg in ("--cell", c)]]) == 0
     data = json.loads(out.read_text())
     names = [c["name"] for c in data["cells"]]
-    assert names == ["lr=12", "lr=10 epochs=2", "recipe smoke lr=1"]
+    assert names == ["bias_lr=12", "bias_lr=10 epochs=2", "recipe smoke bias_lr=1"]
     assert data["vary"] == [] and data["cell_flags"] == cells
     by_name = {c["name"]: c for c in data["cells"]}
     # A cell is the base with its --set items; one naming --recipe starts from that recipe.
-    assert by_name["lr=10 epochs=2"]["recipe"]["train_images"] == 256
-    assert by_name["lr=10 epochs=2"]["overrides"][-2:] == ["lr=10", "epochs=2"]
-    assert by_name["recipe smoke lr=1"]["overrides"] == ["lr=1"]
-    assert by_name["recipe smoke lr=1"]["recipe"]["train_images"] == 10_000
-    assert "lr=12" in capsys.readouterr().out
+    assert by_name["bias_lr=10 epochs=2"]["recipe"]["train_images"] == 256
+    assert by_name["bias_lr=10 epochs=2"]["overrides"][-2:] == ["bias_lr=10", "epochs=2"]
+    assert by_name["recipe smoke bias_lr=1"]["overrides"] == ["bias_lr=1"]
+    assert by_name["recipe smoke bias_lr=1"]["recipe"]["train_images"] == 10_000
+    assert "bias_lr=12" in capsys.readouterr().out
     # Resumed with other cells: refused in one line naming them.
     assert cli.main(["sweep", *TINY, "--runs", "3", "--no-save", "--resume", str(out),
-                     "--cell", "--set lr=12"]) == 2
-    assert ("not the interrupted command: the cells --cell '--set lr=12' here, --cell "
-            "'--set lr=12' --cell '--set lr=10 --set epochs=2'") in _one_line(capsys)
+                     "--cell", "--set bias_lr=12"]) == 2
+    assert ("not the interrupted command: the cells --cell '--set bias_lr=12' here, --cell "
+            "'--set bias_lr=12' --cell '--set bias_lr=10 --set epochs=2'") in _one_line(capsys)
 
 
 @pytest.mark.parametrize("args, message", [
     ([], "a sweep needs --vary KEY=V1,V2,... (a grid) or --cell FLAGS"),
-    (["--vary", "lr=1,2", "--cell", "--set lr=3"], "one or the other"),
-    (["--cell", "--set lr=3", "--cell", "--set lr=3"], "is given twice"),
+    (["--vary", "bias_lr=1,2", "--cell", "--set bias_lr=3"], "one or the other"),
+    (["--cell", "--set bias_lr=3", "--cell", "--set bias_lr=3"], "is given twice"),
     (["--cell", "--seed 3"], "'--seed' is not --recipe NAME or --set KEY=VALUE"),
-    (["--cell", "--set lr=fast"], "--set lr=fast: expected a number"),
+    (["--cell", "--set bias_lr=fast"], "--set bias_lr=fast: expected a number"),
 ])
 def test_bad_cells_are_one_line(capsys, args, message):
     assert cli.main(["sweep", *TINY, "--runs", "3", *args]) == 2
@@ -258,18 +263,18 @@ def test_bad_cells_are_one_line(capsys, args, message):
 
 # --resume: an interrupted sweep goes on (a real interrupted process: tests/test_resume.py)
 
-PRUNED = ["sweep", *TINY, "--vary", "lr=1,10,12", "--runs", "5", "--prune", "--no-save"]
+PRUNED = ["sweep", *TINY, "--vary", "bias_lr=1,10,12", "--runs", "5", "--prune", "--no-save"]
 
 
 def _interrupt(monkeypatch, where):
-    """Ctrl-C once, `where`: "in run i" (of the cell lr=10) or "in the look after run n"
+    """Ctrl-C once, `where`: "in run i" (of the cell bias_lr=10) or "in the look after run n"
     (the pruning test of that round); returns the (lr, run) pairs a run is asked for."""
     real_run, real_drop, asked, hit = PreparedRun.run, hlb.bench.sweep.to_drop, [], []
 
     def train_run(self, *args, run=0, **kwargs):
         recipe = self.recipe
-        asked.append((recipe.lr, run))
-        if where == f"in run {run}" and recipe.lr == 10.0 and not hit:
+        asked.append((recipe.bias_lr, run))
+        if where == f"in run {run}" and recipe.bias_lr == 10.0 and not hit:
             hit.append(where)
             raise KeyboardInterrupt
         return real_run(self, *args, run=run, **kwargs)
@@ -288,7 +293,7 @@ def _interrupt(monkeypatch, where):
 def _pairs(data):
     """(lr, run) of every run in a sweep record, the base's lr being smoke's 8."""
     parts = [data] + data["cells"]
-    return [(part["recipe"]["lr"], r["run"]) for part in parts for r in part["runs"]]
+    return [(part["recipe"]["bias_lr"], r["run"]) for part in parts for r in part["runs"]]
 
 
 @pytest.mark.parametrize("where", ["in run 2", "in the look after run 3", "in run 3"])
@@ -307,10 +312,10 @@ def test_an_interrupted_pruned_sweep_resumes_as_if_nothing_had_happened(planted,
     capsys.readouterr()
     assert cli.main([*PRUNED, "--resume", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "kept as they were" in text and text.count("dropped lr=1 after run 3 of 5") == (
+    assert "kept as they were" in text and text.count("dropped bias_lr=1 after run 3 of 5") == (
         1 if where == "in run 3" else 2)            # the live line (unless before), the table's
     after = json.loads(out.read_text())             # the --resume file, rewritten
-    # Only the missing runs ran, each once; the dropped cell lr=1 stayed dropped.
+    # Only the missing runs ran, each once; the dropped cell bias_lr=1 stayed dropped.
     assert sorted(asked) == sorted(set(_pairs(expected)) - set(_pairs(before)))
     assert (1.0, 3) not in asked and after["cells"][0]["dropped"] == {
         "after_runs": 3, "why": expected["cells"][0]["dropped"]["why"]}
@@ -323,7 +328,7 @@ def test_an_interrupted_pruned_sweep_resumes_as_if_nothing_had_happened(planted,
 
 @pytest.fixture
 def interrupted_sweep(planted, monkeypatch, tmp_path):
-    """A pruned sweep interrupted in run 3 (lr=1 dropped after run 3); (its path, dict)."""
+    """A pruned sweep interrupted in run 3 (bias_lr=1 dropped after run 3); (its path, dict)."""
     path = tmp_path / "sweep.json"
     _interrupt(monkeypatch, "in run 3")
     assert cli.main([*PRUNED, "--json", str(path)]) == 130
@@ -338,16 +343,17 @@ def _one_line(capsys):
 
 
 @pytest.mark.parametrize("flags, edit, status, message", [
-    (["--vary", "lr=1,10"], None, 2, "--vary lr=1,10 here, lr=1,10,12 in the record"),
-    (["--vary", "lr=1,10,12", "--vary", "epochs=1,2"], None, 2,
-     "--vary lr=1,10,12 --vary epochs=1,2 here, lr=1,10,12 in the record"),
-    (["--vary", "lr=1,10,12"], None, 2, "--prune not given here, given in the record"),
+    (["--vary", "bias_lr=1,10"], None, 2,
+     "--vary bias_lr=1,10 here, bias_lr=1,10,12 in the record"),
+    (["--vary", "bias_lr=1,10,12", "--vary", "epochs=1,2"], None, 2,
+     "--vary bias_lr=1,10,12 --vary epochs=1,2 here, bias_lr=1,10,12 in the record"),
+    (["--vary", "bias_lr=1,10,12"], None, 2, "--prune not given here, given in the record"),
     ([*PRUNED[1:], "--set", "epochs=2"], None, 2, "epochs=2 here, train_images=256"),
     ([*PRUNED[1:], "--runs", "6"], None, 2, "--runs 6 here, 5 in the record"),
     ([*PRUNED[1:], "--seed", "1"], None, 2, "--seed 1 here, 0 in the record"),
     ([*PRUNED[1:], "--recipe", "94"], None, 2, "the recipe 94 here, smoke in the record"),
     ([], lambda d: d["cells"][1].update(device="cuda"), 2,
-     "cell lr=10: not the interrupted command: the kind of device cpu here, cuda"),
+     "cell bias_lr=10: not the interrupted command: the kind of device cpu here, cuda"),
     ([], lambda d: d.update(data_fingerprint="other"), 2, "the data differs"),
     ([], lambda d: d["environment"]["code"].update(source_sha256="0" * 64), 2,
      "the code differs"),
@@ -355,10 +361,10 @@ def _one_line(capsys):
      "its cells, vary or prune are not as sweep writes them"),
     ([], lambda d: d.update(prune="yes"), 1, "its cells, vary or prune are not as"),
     ([], lambda d: d["cells"].pop(), 1, "its cells are not those of its grid"),
-    ([], lambda d: d["cells"][1]["runs"][0].pop("tta_acc"), 1, "cell lr=10: run 0 lacks"),
+    ([], lambda d: d["cells"][1]["runs"][0].pop("tta_acc"), 1, "cell bias_lr=10: run 0 lacks"),
     ([], lambda d: d["cells"][2]["runs"].append(d["cells"][2]["runs"][0]), 1,
-     "cell lr=12: run 0 appears twice"),
-    ([], lambda d: d["cells"][2].pop("runs_asked"), 1, "cell lr=12 was written before"),
+     "cell bias_lr=12: run 0 appears twice"),
+    ([], lambda d: d["cells"][2].pop("runs_asked"), 1, "cell bias_lr=12 was written before"),
 ])
 def test_a_sweep_resume_that_differs_or_a_bad_record_is_refused(interrupted_sweep, capsys,
                                                                 flags, edit, status, message):
@@ -418,7 +424,7 @@ def test_a_sweep_of_another_commit_resumes_when_allowed_and_json_writes_elsewher
 
 def test_a_sweep_over_two_processes_gives_the_runs_of_one(cifar_dir, tmp_path):
     from test_dist import ONE_THREAD, ROOT, TINY as DIST_TINY, _same_runs, _torchrun, run
-    args = [*DIST_TINY, "--vary", "lr=12", "--runs", "3", "--no-save",
+    args = [*DIST_TINY, "--vary", "bias_lr=0.1", "--runs", "3", "--no-save",
             "--data-dir", str(cifar_dir)]
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     single = run([sys.executable, str(ROOT / "main.py"), "sweep", *args, "--json", str(one)],
@@ -453,9 +459,9 @@ def _sweep_record(varies, accs):
 def test_a_sweep_plots_points_and_a_heat_map_for_two_keys(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
-    two = _sweep_record(["lr=4,12", "epochs=1,2,3"],
+    two = _sweep_record(["bias_lr=4,12", "epochs=1,2,3"],
                         lambda i, s: 0.5 + 0.01 * i + 0.001 * (s * i % 3))
-    one = _sweep_record(["lr=4,12"], lambda i, s: 0.5 + 0.01 * i + 0.001 * s)
+    one = _sweep_record(["bias_lr=4,12"], lambda i, s: 0.5 + 0.01 * i + 0.001 * s)
     paths = []
     for name, data in (("two", two), ("one", one)):
         (tmp_path / f"{name}.json").write_text(json.dumps(data))

@@ -68,7 +68,7 @@ def test_whitening_bias_freezes_after_its_epochs():
 
 
 def test_a_diverging_run_is_marked_and_the_others_go_on():
-    recipe = tiny_recipe("lr=1e9", "epochs=1.0")
+    recipe = tiny_recipe("bias_lr=1e9", "epochs=1.0")
     record = run_recipe(recipe, runs=2, device="cpu", seed=0, cifar=synthetic_cifar())
     assert all(r.diverged for r in record.results)
     assert record.summary.diverged == 2 and record.summary.n == 0

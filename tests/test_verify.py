@@ -26,7 +26,7 @@ TINY = ["--recipe", "smoke", "--device", "cpu", "--set", "train_images=512",
         "--set", "test_images=256", "--set", "batch_size=64", "--set", "epochs=3",
         "--set", "widths=16,32,32", "--set", "whiten_init_images=256",
         "--set", "eval_batch_size=256"]
-BASELINE = " ".join(TINY[:2] + TINY[4:]) + " --set lr=4"
+BASELINE = " ".join(TINY[:2] + TINY[4:]) + " --set bias_lr=0.03"
 
 
 @pytest.fixture
@@ -194,19 +194,21 @@ def test_a_record_of_uncommitted_edits_needs_the_same_edits(tmp_path, cifar_dir)
 
 @pytest.fixture
 def planted(synthetic_data, monkeypatch):
-    """Each run answers at once: accuracy 0.9 + seed/1000, and seconds that grow with lr."""
+    """Each run answers at once: accuracy 0.9 + seed/1000, and seconds that grow with bias_lr."""
     def run(self, seed, run=0, on_epoch=None, **kwargs):
-        return RunResult(run=run, seed=seed, tta_acc=0.9 + seed / 1000 - self.recipe.lr / 1e4,
-                         val_acc=0.9, train_time_s=self.recipe.lr * (1 + seed / 100))
+        lr = self.recipe.bias_lr
+        return RunResult(run=run, seed=seed, tta_acc=0.9 + seed / 1000 - lr / 1e4,
+                         val_acc=0.9, train_time_s=lr * (1 + seed / 100))
     monkeypatch.setattr(PreparedRun, "run", run)
 
 
 def verified(tmp_path, lr, name):
-    """A claim of recipe smoke at `lr` and its verification against lr=8 (ratio lr/8)."""
+    """A claim of recipe smoke at bias_lr `lr` and its verification against bias_lr=8 (ratio
+    lr/8; the values only feed the planted runs)."""
     claim, out = tmp_path / f"{name}-claim.json", tmp_path / f"{name}.json"
-    sets = " ".join(TINY[4:])
+    sets = " ".join(TINY[4:]) + " --set bias_lr=8"
     assert main(["compare", *TINY[:4], "--runs", "4", "--no-save", "--json", str(claim),
-                 "--a", sets, "--b", f"{sets} --set lr={lr}"]) == 0
+                 "--a", sets, "--b", f"{sets} --set bias_lr={lr}"]) == 0
     assert main(["verify", str(claim), "--no-save", "--json", str(out)]) == 0
     return out
 
@@ -227,7 +229,7 @@ def test_board_ranks_verified_entries_and_lists_a_broken_one_apart(planted, tmp_
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "recipe smoke" in line]
     assert [r.split(" | ")[0] for r in rows[:3]] == ["| 1", "| 2", "| 3"]
-    assert "lr=4" in rows[0] and "lr=6" in rows[1] and "lr=12" in rows[2]
+    assert "bias_lr=4" in rows[0] and "bias_lr=6" in rows[1] and "bias_lr=12" in rows[2]
     assert "| 0.500 (0.500 to 0.500) |" in rows[0]                  # 4/8, run by run
     assert "| --recipe smoke --set train_images=512" in rows[0]        # arm a, the baseline
     apart = out.split("Not ranked:")[1]

@@ -13,6 +13,8 @@ from hlb.recipes import Recipe, get_recipe
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _WANTED = {bool: "true or false", int: "an integer", float: "a number",
            tuple: "comma-separated values"}
+# Keys of the decoupled SGD form, replaced on 2026-12-06 by plain per-step rates.
+RENAMED = {"lr": "head_lr", "bias_lr_scale": "bias_lr", "whiten_bias_lr_scale": "whiten_bias_lr"}
 
 
 def settable():
@@ -44,6 +46,10 @@ def override(recipe, assignments):
         key = key.strip()
         if not sep:
             problems.append(f"--set {item}: expected key=value")
+        elif key in RENAMED:
+            problems.append(f"--set {item}: {key} is gone: learning rates are now plain rates "
+                            f"per step (head_lr, bias_lr, whiten_bias_lr; see docs/method.md); "
+                            f"set {RENAMED[key]} instead")
         elif key not in fields:
             problems.append(f"--set {item}: unknown key {key!r}; valid keys: "
                             + ", ".join(sorted(fields)))

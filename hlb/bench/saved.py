@@ -27,7 +27,7 @@ from hlb.evaluate import plain_evaluation, tta_accuracy
 from hlb.execution import execution
 from hlb.files import write_atomic
 from hlb.model import build_net
-from hlb.recipes import Recipe
+from hlb.recipes import Recipe, from_decoupled
 
 FORMAT = "hlb-cifar10 model v1"
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -179,17 +179,34 @@ class Saved:
     version: str            # the hlb version that saved it
 
 
+def upgraded(values):
+    """Recipe values saved before 2026-12-06, whose SGD rates were in decoupled units (`lr` and
+    `weight_decay` per 1024 examples, `bias_lr_scale` and `whiten_bias_lr_scale` times `lr`),
+    as the same rates in today's plain fields (and the one schedule shape there was)."""
+    if "lr" not in values or "head_lr" in values:
+        return values
+    values = dict(values)
+    lr, bias_scale, whiten_scale = (values.pop(key) for key in (
+        "lr", "bias_lr_scale", "whiten_bias_lr_scale"))
+    plain = from_decoupled(lr, values["momentum"], values["weight_decay"],
+                           values["batch_size"], bias_scale)
+    plain["whiten_bias_lr"] = plain["head_lr"] * whiten_scale
+    values.update(plain)
+    values.setdefault("schedule", "linear")
+    return values
+
+
 def _recipe(path, text):
     try:
-        values = json.loads(text)
+        values = upgraded(json.loads(text))
         fields = {f.name for f in dataclasses.fields(Recipe)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise HlbError(f"{path} was saved by another hlb version (unknown recipe values "
-                           f"{', '.join(unknown)})")
+        for which, keys in (("unknown", set(values) - fields), ("missing", fields - set(values))):
+            if keys:
+                raise HlbError(f"{path} was saved by another hlb version ({which} recipe "
+                               f"values {', '.join(sorted(keys))})")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         return Recipe(**values)           # building it validates every value
-    except (json.JSONDecodeError, TypeError, AttributeError):
+    except (json.JSONDecodeError, TypeError, AttributeError, KeyError, ZeroDivisionError):
         raise HlbError(f"{path}: its recipe metadata is not a recipe") from None
     except UsageError as e:
         raise HlbError(f"{path}: its recipe is not valid ({e})") from None

@@ -1,6 +1,6 @@
 """A sweep: many variants of one recipe at once, each paired with the base, ranked honestly.
 
-    python main.py sweep --recipe smoke --vary lr=4,12 --vary epochs=1,3 --runs 5
+    python main.py sweep --recipe smoke --vary bias_lr=0.04,0.08 --vary epochs=1,3 --runs 5
 
 The grid is the cartesian product of the --vary lists; a cell is the base recipe (--recipe
 plus --set) with one value per varied key. The base and every cell run interleaved, run i of
@@ -43,7 +43,7 @@ PRUNE_MIN_PAIRS = 3       # paired runs before a cell may be dropped
 
 @dataclass(frozen=True)
 class Cell:
-    name: str             # "lr=4 epochs=1", or "base"
+    name: str             # "bias_lr=0.04 epochs=1", or "base"
     values: dict          # varied key -> the value's text as given
     recipe: Recipe
     overrides: tuple = ()     # the --set texts that make it, the varied ones last
