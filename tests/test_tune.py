@@ -101,6 +101,15 @@ def test_a_bad_space_is_one_line_and_exit_2_before_any_training(item, said, caps
     assert not (tmp_path / "tune.db").exists()
 
 
+def test_a_confirmation_too_small_to_tell_is_refused_before_training(capsys, tmp_path):
+    assert _tune("--space", "label_smoothing=0.1:0.3", "--confirm", "1", "--confirm-runs",
+                 "2", storage=_storage(tmp_path)) == 2
+    assert "--confirm 1 needs --confirm-runs 3 or more: with 2, a difference from the base " \
+           "must exceed 13 standard errors" in capsys.readouterr().err
+    plan = hlb.bench.tune.check_plan(hlb.bench.tune.Plan(SMOKE, [], [], runs=2, confirm=3))
+    assert plan.confirm_runs == 3      # t(1 - 0.05/6) is 7.6 with 2 df, 38 with 1
+
+
 def test_a_space_parses_as_set_does_ints_suggest_ints_and_tuples_take_slashes():
     assert parse_space("epochs=1.5:3", SMOKE).integer is False
     dim = parse_space("cutout=4:16:log", SMOKE)

@@ -443,7 +443,8 @@ def _main(argv):
         status = finish(records, error, folder)
         if status == 0 and records[0].summary.diverged:
             print(f"error: {records[0].summary.diverged} run(s) diverged (loss NaN, infinite "
-                  f"or above {DIVERGED_LOSS:g} per image); try a lower lr", file=sys.stderr)
+                  f"or above {DIVERGED_LOSS:g} per image); try lower learning rates "
+                  "(head_lr, bias_lr, muon_lr)", file=sys.stderr)
             return 1
         return status
 
@@ -607,7 +608,8 @@ def build_tune_parser():
     p.add_argument("--confirm", type=int, default=0, metavar="K",
                    help="rerun the K best on fresh seeds beside the base (Holm-corrected)")
     p.add_argument("--confirm-runs", type=int, default=None, metavar="R",
-                   help="runs of each in the confirmation (default --runs)")
+                   help="runs of each in the confirmation (default: --runs, or the fewest "
+                        "above it that can tell a difference)")
     p.add_argument("--accuracy-only", action="store_true",
                    help="several workers per GPU: no per-epoch evaluation, cost in FLOPs")
     p.add_argument("--heartbeat", type=int, default=10, metavar="S",
@@ -633,6 +635,8 @@ def _tune(argv):
     if args.json:
         check_writable(args.json)
     device = tune_device(resolve_device(args.device), world, args.accuracy_only)
+    if world is not None and not world.leader:
+        plan.confirm = 0            # rank 0 alone confirms, prints the end and keeps the record
     print(f"hlb-cifar10 tune: study {plan.study} in {tune.shown_url(plan.storage)}, "
           f"{plan.trials} trial(s) of {plan.runs} run(s) on {device}, objective "
           f"{plan.objective}" + (f" at {100 * plan.target:.2f}%" if plan.target else ""),

@@ -24,6 +24,7 @@ seeds beside the base, through the sweep's paired, Holm-corrected table (hlb.ben
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import re
 import time
@@ -36,6 +37,7 @@ from hlb.bench.records import TUNE_FORMAT, default_runs_dir
 from hlb.bench.report import Listener, jsonable, record_dict
 from hlb.bench.runs import LocalScheduler, PreparedRecipe, Record, Stopped, run_rounds
 from hlb.bench.stats import mean, one_sided_p, paired_test, std, summarize, t_quantile
+from hlb.bench.sweep import MAX_CRITICAL_T, critical_t
 from hlb.errors import HlbError, UsageError
 from hlb.files import reason
 from hlb.knobs import OneOf, Span
@@ -235,8 +237,21 @@ def check_plan(plan):
         raise UsageError("--confirm must not be negative and --heartbeat at least 1 s")
     plan.study = plan.study or f"{plan.base.name}-{plan.objective}"
     plan.storage = plan.storage or f"sqlite:///{default_runs_dir() / 'tune.db'}"
-    plan.confirm_runs = plan.confirm_runs or max(plan.runs, 2)
+    if plan.confirm:
+        plan.confirm_runs = plan.confirm_runs or next(
+            n for n in itertools.count(max(plan.runs, 2))
+            if critical_t(plan.confirm, n) <= MAX_CRITICAL_T)
+        _check_confirm(plan.confirm, plan.confirm_runs)
     return plan
+
+
+def _check_confirm(k, runs):
+    """The confirmation's size, checked before any training as a sweep checks its cells."""
+    if runs < 2 or critical_t(k, runs) > MAX_CRITICAL_T:
+        need = next(n for n in itertools.count(2) if critical_t(k, n) <= MAX_CRITICAL_T)
+        raise UsageError(f"--confirm {k} needs --confirm-runs {need} or more: with {runs}, a "
+                         f"difference from the base must exceed {critical_t(k, runs):.0f} "
+                         f"standard errors to count at the Bonferroni level 0.05/{k}")
 
 
 # The statistics of one trial
