@@ -32,10 +32,13 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from hlb.bench.overrides import override, parse_value, settable
 from hlb.bench.records import TUNE_FORMAT, default_runs_dir
 from hlb.bench.report import Listener, jsonable, record_dict
-from hlb.bench.runs import LocalScheduler, PreparedRecipe, Record, Stopped, run_rounds
+from hlb.bench.runs import (LocalScheduler, PreparedRecipe, Record, Stopped,
+                            out_of_memory_error, run_rounds)
 from hlb.bench.stats import mean, one_sided_p, paired_test, std, summarize, t_quantile
 from hlb.bench.sweep import MAX_CRITICAL_T, critical_t
 from hlb.errors import HlbError, UsageError
@@ -485,8 +488,13 @@ class Worker:
             recipe = override(plan.base, texts)
         except UsageError as e:
             raise _Failed(str(e)) from None
-        prepared = PreparedRecipe(recipe, self.device, self.cifar, plan.seed,
-                                  [*plan.sets, *texts], plan.accuracy_only)
+        try:
+            prepared = PreparedRecipe(recipe, self.device, self.cifar, plan.seed,
+                                      [*plan.sets, *texts], plan.accuracy_only)
+        except torch.cuda.OutOfMemoryError as e:
+            raise _Failed(str(out_of_memory_error(e, recipe))) from None
+        except HlbError as e:
+            raise _Failed(str(e)) from None
         best = best_accs(self.study, optuna) if plan.objective == "accuracy" else None
         pruned = []
 
