@@ -3,11 +3,16 @@ import json
 import math
 
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from hlb.bench.report import (Progress, Table, clock, duration, record_dict, summary_lines,
-                              write_json_atomic)
+from hlb.bench.overrides import override
+from hlb.bench.report import (Listener, Progress, Table, Watched, clock, duration, record_dict,
+                              summary_lines, write_json_atomic)
 from hlb.bench.runs import Record
 from hlb.bench.stats import summarize
+from hlb.bench.work import Work, forward_flops, run_work
+from hlb.model import Net
 from hlb.recipes import RECIPES
 from hlb.train import EpochRow, RunResult
 
@@ -91,32 +96,67 @@ class FakeClock:
 
 
 def _steps(table, clock, run, steps, total, seconds_each):
+    """Steps of `run`, each `seconds_each` long, its callback at the step's end."""
     for step in steps:
-        table.step(run, 0, step, total)
         clock.now += seconds_each
+        table.step(run, 0, step, total)
 
 
-def test_a_long_invocation_says_how_long_once_the_first_steps_are_measured():
+def _estimates(out):
+    return [line for line in out.getvalue().splitlines() if line.startswith("estimate")]
+
+
+def test_a_long_invocation_says_how_long_after_its_first_step():
+    # Recipe 94 on 2 CPU cores: 16 s a step, so the first word comes 16 s into the run.
     clock, out = FakeClock(), io.StringIO()
     table = Table(stream=out, live=False, progress=Progress("--recipe smoke", clock=clock))
-    table.planned(2, 100)
-    table.run_started(0, 2)
-    _steps(table, clock, 0, range(1, 4), 100, 5.0)
-    assert "estimate" not in out.getvalue()           # 2 steps after the first: too few
-    _steps(table, clock, 0, range(4, 60), 100, 5.0)
-    lines = [line for line in out.getvalue().splitlines() if "estimate" in line]
-    # 3 steps in 15 s after the first: 0.2 steps/s, and 196 steps left.
-    assert lines == ["estimate: about 16 min more on this device (196 steps left at 0.2 "
-                     "steps/s, the speed of the first 4 steps); for a quick check use "
-                     "--recipe smoke"]
+    table.planned(1, 200)
+    table.run_started(0, 1)
+    _steps(table, clock, 0, [1], 200, 16.0)
+    assert _estimates(out) == [
+        "estimate: about 53 min more on this device (199 steps left at 0.0625 steps/s, "
+        "measured over 1 step(s)); for a quick check use --recipe smoke"]
+    _steps(table, clock, 0, range(2, 150), 200, 16.0)    # as said: nothing more to say
+    assert len(_estimates(out)) == 1
 
 
 def test_a_short_invocation_prints_no_estimate():
     clock, out = FakeClock(), io.StringIO()
     table = Table(stream=out, live=False, progress=Progress("--recipe smoke", clock=clock))
     table.planned(3, 100)
+    table.run_started(0, 3)
     _steps(table, clock, 0, range(1, 101), 100, 1.0)   # 300 steps at 1 per second: 5 min
-    assert "estimate" not in out.getvalue()
+    assert _estimates(out) == []
+
+
+def _work(recipe):
+    """A fake work: the baseline's steps are 100 times the entry's, its TTA half its training."""
+    per_step = {"entry": 1e9, "base": 1e11}[recipe]
+    return Work(train=per_step * 10, tta=per_step * 5, plain=0.0, steps=10)
+
+
+def test_the_estimate_follows_each_arms_own_speed():
+    # verify: a fast entry and a baseline of 100 times its work a step, interleaved.
+    clock, out = FakeClock(), io.StringIO()
+    progress = Progress("fewer --runs", clock=clock, work=_work)
+    entry, base = [Table(stream=out, live=False, label=label, progress=progress, recipe=recipe)
+                   for label, recipe in (("entry", "entry"), ("base ", "base"))]
+    for table in (entry, base):
+        table.planned(2, 10)
+    entry.run_started(0, 2)
+    _steps(entry, clock, 0, range(1, 11), 10, 0.5)
+    # Measured after 2 s on the entry (0.5 s a step, 1 s per 2e9 FLOPs), the baseline is
+    # predicted at 50 s a step, its TTA adding half: 16 x 0.75 s + 20 x 75 s.
+    assert _estimates(out) == [
+        "estimate: about 25 min more on this device (entry: 16 steps left at 1.33 steps/s, "
+        "measured over 4 step(s); base: 20 steps left at 0.0133 steps/s, predicted from its "
+        "work); for a quick check use fewer --runs"]
+    entry.run_finished(_result(0, 0.9))
+    base.run_started(0, 2)
+    _steps(base, clock, 0, range(1, 4), 10, 200.0)      # 4 times slower than predicted
+    lines = _estimates(out)          # said again at its first step, and then no more
+    assert len(lines) == 2 and lines[1].startswith("estimate: about 1.6 h more")
+    assert "base: 19 steps left at 0.00333 steps/s, measured over 1 step(s)" in lines[1]
 
 
 def test_the_status_line_shows_speed_and_time_left_for_the_run_and_the_invocation():
@@ -126,9 +166,10 @@ def test_the_status_line_shows_speed_and_time_left_for_the_run_and_the_invocatio
               for name in "AB"]
     for table in tables:              # both arms of a compare share one Progress
         table.planned(2, 100)
+    tables[0].run_started(0, 2)
     _steps(tables[0], clock, 0, range(1, 5), 100, 5.0)
     status = out.getvalue().split("\r\033[K")[-1]
-    # 3 steps in 15 s after the first; 96 steps left in the run, 396 in the invocation.
+    # 5 s a step, arm B predicted alike (no work given): 96 steps left in the run, 396 in all.
     assert status == "A   run 0 epoch 1: step 4/100, 0.2 steps/s, run 8:00 left, all 33:00 left"
     assert "estimate: about 33 min" in out.getvalue()
 
@@ -143,6 +184,36 @@ def test_a_run_that_stops_early_takes_its_steps_off_the_time_left():
     assert progress.planned == 110
     table.run_finished(_result(1, 0.9))      # another process's run: nothing of ours
     assert progress.planned == 110
+
+
+def test_a_sweeps_lines_get_the_estimate_too():
+    clock, out = FakeClock(), io.StringIO()
+    progress = Progress(clock=clock)
+    seen = []
+
+    class Lines(Listener):
+        def run_finished(self, result):
+            seen.append(result.run)
+
+    cells = [Watched(Lines(), progress.arm(name), out) for name in ("base", "cell")]
+    for cell in cells:
+        cell.planned(5, 100)
+    cells[0].run_started(0, 5)
+    _steps(cells[0], clock, 0, range(1, 4), 100, 3.0)
+    cells[0].run_finished(_result(0, 0.9))
+    assert seen == [0]
+    assert _estimates(out)[0].startswith("estimate: about 50 min more on this device (base: ")
+
+
+def test_the_work_of_a_run_counts_what_flop_counter_mode_counts():
+    recipe = override(RECIPES["smoke"], ["widths=8,16,16"])
+    net = Net(recipe)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net.eval()(torch.zeros(1, 3, 32, 32))
+    assert forward_flops(net, 32) == counter.get_total_flops()
+    work = run_work(recipe)
+    assert work.steps == recipe.total_steps()
+    assert work.per_step == 3 * recipe.batch_size * counter.get_total_flops()
 
 
 def test_durations_read_as_people_say_them():

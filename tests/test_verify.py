@@ -17,7 +17,8 @@ from hlb.bench.cli import main
 from hlb.bench.records import runs_of
 from hlb.bench.report import jsonable
 from hlb.bench.stats import summarize
-from hlb.bench.verify import FORMAT, judge
+from hlb.bench.verify import FORMAT, default_baseline, judge
+from hlb.recipes import RECIPES
 from hlb.train import PreparedRun, RunResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,3 +277,14 @@ def test_an_interrupted_verification_resumes(planted, tmp_path, capsys, monkeypa
     capsys.readouterr()
     assert main([*flags, "--resume", str(out)]) == 2
     assert "it verified another claim" in _one_line(capsys)
+
+
+def test_a_default_baseline_that_makes_no_sense_on_a_cpu_is_replaced_in_one_line():
+    smoke = RECIPES["smoke"]
+    flags, why = default_baseline(None, smoke, "cpu")
+    assert flags == "--recipe smoke"
+    assert "times the entry's work" in why and "--baseline" in why and "\n" not in why
+    assert default_baseline(None, smoke, "cuda") == ("--recipe 94", None)
+    assert default_baseline("--recipe 94sgd", smoke, "cpu") == ("--recipe 94sgd", None)
+    # An entry of about 94's work keeps recipe 94 on a CPU too (its estimate says how long).
+    assert default_baseline(None, RECIPES["94sgd"], "cpu") == ("--recipe 94", None)

@@ -12,6 +12,7 @@ import torch
 
 from hlb import __version__
 from hlb.bench.code import running_code
+from hlb.bench.work import run_work
 from hlb.files import write_atomic
 
 COLUMNS = [("run", 5), ("epoch", 5), ("train_loss", 10), ("train_acc", 9), ("val_loss", 8),
@@ -79,53 +80,111 @@ def clock(seconds):
 
 
 class Progress:
-    """The steps of one invocation, counted as this process runs them, and the time left at
-    the speed measured so far: wall clock from the first step on, so evaluation and the gaps
-    between runs count too. One is shared by the tables of an invocation (both arms of a
-    compare); it knows nothing of the recipe, only steps (hlb.bench.runs tells how many)."""
+    """The steps of one invocation, arm by arm, and the time left at each arm's own speed.
 
-    def __init__(self, quicker=None, long_s=LONG_S, measure_steps=3, measure_s=2.0,
-                 clock=time.perf_counter):
+    An arm is one recipe of the invocation (main's one, compare's two, a sweep's base and
+    cells, verify's entry and baseline); the arms of an invocation share one Progress. Each
+    arm is timed on the wall clock between its own progress callbacks within a run, from the
+    run's start on (whitening and the per-epoch evaluation count, the other arms' runs not),
+    so its speed is its own and revised as it runs. An arm not yet measured is predicted from
+    the measured arms' seconds per FLOP and its own work (hlb.bench.work); the final TTA
+    evaluation is added by its work too. The first estimate comes once an arm has run for
+    `measure_s` seconds (one step of recipe 94 on a CPU: about 16 s in); it is said when the
+    time left is long, and said again whenever the time left turns out `revise` times more
+    or less than the last said (an arm slower than predicted)."""
+
+    def __init__(self, quicker=None, long_s=LONG_S, measure_s=2.0, revise=1.5,
+                 clock=time.perf_counter, work=None):
         self.quicker = quicker      # the quicker alternative a long estimate names
-        self.long_s = long_s
-        self.measure_steps, self.measure_s = measure_steps, measure_s
+        self.long_s, self.measure_s, self.revise = long_s, measure_s, revise
         self.clock = clock
-        self.planned = 0            # steps this process will run in this invocation
-        self.done = 0
-        self._first = None          # (clock, steps done) at the first step
-        self._estimated = False
-        self._run = None            # [run, step, total] of the run in progress
+        self.work = work or run_work     # recipe -> hlb.bench.work.Work
+        self.arms = []
+        self._said = None           # (seconds left said, clock then)
+
+    def arm(self, label="", recipe=None):
+        """A new arm of this invocation: `recipe` gives its work (None: steps weigh alike)."""
+        arm = Arm(self, label.strip(), recipe)
+        self.arms.append(arm)
+        return arm
+
+    @property
+    def planned(self):
+        return sum(arm.planned for arm in self.arms)
+
+    def seconds_per_flop(self):
+        """Over the measured arms; None before one is measured."""
+        measured = [arm for arm in self.arms if arm.measured()]
+        flops = sum(arm.steps * arm.per_step() for arm in measured)
+        return sum(arm.seconds for arm in measured) / flops if measured else None
+
+    def left(self):
+        """Seconds left over every arm; None before an arm is measured."""
+        if self.seconds_per_flop() is None:
+            return None
+        return sum(arm.left() for arm in self.arms)
+
+    def estimate(self):
+        """The estimate line when it is due (see the class), else None."""
+        left, now = self.left(), self.clock()
+        if left is None:
+            return None
+        if self._said is None:
+            if left < self.long_s:
+                return None
+        else:
+            expected = max(self._said[0] - (now - self._said[1]), 0.0)
+            if max(left, expected) < self.long_s or \
+                    expected / self.revise <= left <= expected * self.revise:
+                return None
+        self._said = (left, now)
+        parts = [arm.describe() for arm in self.arms if arm.planned > arm.done]
+        if len(parts) > 3:
+            measured = sum(arm.measured() for arm in self.arms)
+            parts = [f"{sum(a.planned - a.done for a in self.arms)} steps left over "
+                     f"{len(parts)} arms, {measured} measured, the rest predicted from their "
+                     "work"]
+        line = f"estimate: about {duration(left)} more on this device ({'; '.join(parts)})"
+        return line + (f"; for a quick check use {self.quicker}" if self.quicker else "")
+
+
+class Arm:
+    """One arm's share of a Progress: its planned and done steps, and its own speed."""
+
+    def __init__(self, progress, label, recipe):
+        self.progress, self.label, self.recipe = progress, label, recipe
+        self.clock = progress.clock
+        self._work = None
+        self.planned = self.done = 0
+        self.seconds, self.steps = 0.0, 0   # timed between its own callbacks within runs
+        self._mark = None           # (run, clock, steps) at its last callback or run start
+        self._run = None            # [run, steps, total] of its run in progress
+
+    def work(self):
+        if self._work is None and self.recipe is not None:
+            self._work = self.progress.work(self.recipe)
+        return self._work
+
+    def per_step(self):
+        """FLOPs of a training step (1 when the work is unknown: steps weigh alike)."""
+        return self.work().per_step if self.work() else 1.0
 
     def plan(self, runs, steps):
         self.planned += runs * steps
 
-    def rate(self):
-        """Steps per second since the first step; None until measured (measure_steps steps
-        and measure_s seconds after the first: on a GPU the first steps only queue work)."""
-        if self._first is None:
-            return None
-        seconds, steps = self.clock() - self._first[0], self.done - self._first[1]
-        return steps / seconds if steps >= self.measure_steps and seconds >= self.measure_s \
-            else None
+    def run_started(self, run):
+        self._mark = (run, self.clock(), 0)
 
-    def step(self, run, step, total):
-        """Count one step; returns the estimate line, once, when first measured and long."""
-        self.done += 1
-        self._run = [run, step, total]
-        if self._first is None:
-            self._first = (self.clock(), self.done)
-        rate = self.rate()
-        if rate is None or self._estimated:
-            return None
-        self._estimated = True
-        left = (self.planned - self.done) / rate
-        if left < self.long_s:
-            return None
-        steps = self.done - self._first[1]
-        line = (f"estimate: about {duration(left)} more on this device "
-                f"({self.planned - self.done} steps left at {rate:.3g} steps/s, the speed of "
-                f"the first {steps + 1} steps)")
-        return line + (f"; for a quick check use {self.quicker}" if self.quicker else "")
+    def step(self, run, steps, total):
+        """`steps` of run `run` done; returns the estimate line when due."""
+        now, mark = self.clock(), self._mark
+        if mark and mark[0] == run and steps > mark[2]:
+            self.seconds += now - mark[1]
+            self.steps += steps - mark[2]
+        before = self._run[1] if self._run and self._run[0] == run else 0
+        self.done += steps - before
+        self._mark, self._run = (run, now, steps), [run, steps, total]
+        return self.progress.estimate()
 
     def run_finished(self, run):
         """A run of this process ended: steps it skipped (diverged, target reached) drop."""
@@ -133,14 +192,72 @@ class Progress:
             self.planned -= self._run[2] - self._run[1]
             self._run = None
 
+    def measured(self):
+        return self.steps > 0 and self.seconds >= self.progress.measure_s
+
+    def seconds_per_step(self):
+        """Its own when measured, else predicted from the measured arms and its work; with
+        its final evaluation spread over its steps."""
+        spf = self.progress.seconds_per_flop()
+        own = self.seconds / self.steps if self.measured() else spf * self.per_step()
+        work = self.work()
+        return own * (1 + work.tta / work.train) if work else own
+
+    def left(self):
+        return (self.planned - self.done) * self.seconds_per_step()
+
+    def describe(self):
+        how = (f"measured over {self.steps} step(s)" if self.measured()
+               else "predicted from its work")
+        return (f"{self.label + ': ' if self.label else ''}{self.planned - self.done} steps "
+                f"left at {1 / self.seconds_per_step():.3g} steps/s, {how}")
+
     def status(self):
         """", 3.2 steps/s, run 0:41 left, all 12:30 left" once measured, else ""."""
-        rate = self.rate()
-        if rate is None or self._run is None:
+        if self._run is None or self.progress.seconds_per_flop() is None:
             return ""
-        run_left = (self._run[2] - self._run[1]) / rate
-        return (f", {rate:.3g} steps/s, run {clock(run_left)} left, "
-                f"all {clock((self.planned - self.done) / rate)} left")
+        per_step = self.seconds_per_step()
+        run_left = (self._run[2] - self._run[1]) * per_step
+        return (f", {1 / per_step:.3g} steps/s, run {clock(run_left)} left, "
+                f"all {clock(self.progress.left())} left")
+
+
+class Watched(Listener):
+    """Another listener (a sweep's lines) with an arm of a Progress: it says the estimate
+    too, as a Table does."""
+
+    def __init__(self, inner, arm, stream=None):
+        self.inner, self.arm, self.stream = inner, arm, stream
+
+    def planned(self, runs, steps):
+        self.arm.plan(runs, steps)
+        self.inner.planned(runs, steps)
+
+    def warmup_started(self):
+        self.inner.warmup_started()
+
+    def warmup_finished(self, seconds):
+        self.inner.warmup_finished(seconds)
+
+    def notice(self, text):
+        self.inner.notice(text)
+
+    def run_started(self, run, runs):
+        self.arm.run_started(run)
+        self.inner.run_started(run, runs)
+
+    def step(self, run, epoch, step, total):
+        line = self.arm.step(run, step, total)
+        if line:
+            print(line, file=self.stream or sys.stdout, flush=True)
+        self.inner.step(run, epoch, step, total)
+
+    def epoch(self, row):
+        self.inner.epoch(row)
+
+    def run_finished(self, result):
+        self.arm.run_finished(result.run)
+        self.inner.run_finished(result)
 
 
 class Table(Listener):
@@ -153,12 +270,14 @@ class Table(Listener):
     reprinting what came before.
     """
 
-    def __init__(self, stream=None, live=None, min_interval=0.2, label=None, progress=None):
+    def __init__(self, stream=None, live=None, min_interval=0.2, label=None, progress=None,
+                 recipe=None):
         self.stream = stream or sys.stdout
         self.prefix = f"{label} " if label else ""     # tells interleaved arms apart
         self.live = self.stream.isatty() if live is None else live
         self.min_interval = min_interval
-        self.progress = progress or Progress()
+        # This table's arm of the invocation's Progress (`recipe` gives its work).
+        self.progress = (progress or Progress()).arm(label or "", recipe)
         self._status_shown = False
         self._last_draw = None
         self._first_row_of_run = True
@@ -193,6 +312,7 @@ class Table(Listener):
         self._write(f"note: {text}", prefix=False)
 
     def run_started(self, run, runs):
+        self.progress.run_started(run)
         if not self._header_shown:
             self.header()
             self._header_shown = True
@@ -319,6 +439,7 @@ def record_dict(record, argv=None):
         "stopped": record.stopped,
         "warmup_s": record.warmup_s,
         "fallback": record.fallback,
+        "execution": record.execution,
         "accuracy_only": record.accuracy_only,
         "wall_s": record.wall_s,
         "epochs": epochs,
@@ -331,4 +452,3 @@ def write_json_atomic(path, obj):
     """Write obj as JSON to path whole or not at all (hlb.files.write_atomic)."""
     text = json.dumps(obj, indent=1) + "\n"
     write_atomic(path, lambda f: f.write(text.encode()))
-        "execution": record.execution,

@@ -27,7 +27,9 @@ from hlb.bench.report import environment, jsonable, record_dict
 from hlb.bench.resume import kind_of, same_code
 from hlb.bench.stats import (above_target, confidence_interval, mean, ratio_of_means, std,
                              welch_from_summaries)
+from hlb.bench.work import run_work
 from hlb.errors import HlbError, UsageError
+from hlb.recipes import get_recipe
 
 ALPHA = 0.05
 _HINT = "verify a record written by main.py --json, compare --json or verify --json"
@@ -128,6 +130,29 @@ def record_flags(record):
     takes them)."""
     return " ".join(["--recipe", shlex.quote(record["recipe"]["name"])]
                     + [f"--set {shlex.quote(o)}" for o in record["overrides"]])
+
+
+# Beside an entry of this many times less work a run, recipe 94 is no baseline on a CPU: at
+# 0.064 steps/s on 2 cores (an hour a run) it would turn minutes of checking into hours.
+CPU_BASELINE_WORK_RATIO = 10
+
+
+def default_baseline(own, entry, device, work=run_work):
+    """(flags, why) of the baseline when --baseline is not given: the claim's `own` flags
+    when it has a baseline; else recipe 94, unless on a CPU it is more than
+    CPU_BASELINE_WORK_RATIO times the work a run of the `entry` Recipe (a smoke claim): then
+    the entry's recipe as named, without its --set values, and `why` says so in one line
+    that names --baseline (None otherwise)."""
+    if own:
+        return own, None
+    if device != "cpu" or entry.name == "94":
+        return "--recipe 94", None
+    ratio = work(get_recipe("94")).run / work(entry).run
+    if ratio <= CPU_BASELINE_WORK_RATIO:
+        return "--recipe 94", None
+    return f"--recipe {shlex.quote(entry.name)}", (
+        f"not recipe 94: a run of it is {ratio:.0f} times the entry's work, hours on a CPU; "
+        "--baseline FLAGS chooses another")
 
 
 def judge(claim, target, entry, baseline, device):
