@@ -230,3 +230,16 @@ def test_the_table_header_comes_first_even_when_the_first_run_shown_is_not_run_0
     table.run_started(4, 5)
     lines = out.getvalue().splitlines()
     assert "train_loss" in lines[1] and sum("train_loss" in line for line in lines) == 1
+
+
+def test_an_arm_whose_work_cannot_be_counted_leaves_the_run_alone():
+    def broken(recipe):
+        raise RuntimeError("no such layer")
+
+    clock, out = FakeClock(), io.StringIO()
+    progress = Progress(clock=clock, work=broken)
+    table = Table(stream=out, live=False, progress=progress, recipe=RECIPES["smoke"])
+    table.planned(1, 200)
+    table.run_started(0, 1)
+    _steps(table, clock, 0, [1, 2], 200, 16.0)      # steps weigh alike instead
+    assert progress.no_work and _estimates(out)[0].startswith("estimate: about 53 min")

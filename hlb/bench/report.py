@@ -100,6 +100,7 @@ class Progress:
         self.clock = clock
         self.work = work or run_work     # recipe -> hlb.bench.work.Work
         self.arms = []
+        self.no_work = False        # an arm's work could not be counted: steps weigh alike
         self._said = None           # (seconds left said, clock then)
 
     def arm(self, label="", recipe=None):
@@ -161,9 +162,14 @@ class Arm:
         self._run = None            # [run, steps, total] of its run in progress
 
     def work(self):
-        if self._work is None and self.recipe is not None:
-            self._work = self.progress.work(self.recipe)
-        return self._work
+        """Its Work; None when unknown (no recipe given, or one arm's could not be counted:
+        then no arm's counts, so that the arms stay comparable)."""
+        if self._work is None and self.recipe is not None and not self.progress.no_work:
+            try:
+                self._work = self.progress.work(self.recipe)
+            except Exception:           # an estimate never stops a run
+                self.progress.no_work = True
+        return None if self.progress.no_work else self._work
 
     def per_step(self):
         """FLOPs of a training step (1 when the work is unknown: steps weigh alike)."""
