@@ -1,4 +1,5 @@
 import dataclasses
+import importlib
 import math
 
 import pytest
@@ -187,3 +188,33 @@ def test_the_recipe_levers_together_still_learn():
     result = prepare(recipe, synthetic_cifar(), "cpu").run(seed=0)
     assert not result.diverged and result.tta_acc > 0.4                # chance is 0.1
     assert result.epochs[-1].train_loss < result.epochs[0].train_loss
+
+
+@pytest.mark.parametrize("each_step", [True, False])
+def test_progress_is_told_outside_the_timed_region_per_step_or_per_epoch(each_step, monkeypatch):
+    # A CPU pauses the watch after each step to tell; a GPU's execution tells once per epoch.
+    train = importlib.import_module("hlb.train")
+    running = []
+
+    class Watch(train.Stopwatch):
+        def start(self):
+            super().start()
+            running.append(True)
+
+        def stop(self):
+            running.append(False)
+            super().stop()
+
+    monkeypatch.setattr(train, "Stopwatch", Watch)
+    recipe = tiny_recipe("epochs=2.0")
+    how = dataclasses.replace(execution(recipe, "cpu"), check_each_step=each_step)
+    run = prepare(recipe, synthetic_cifar(), "cpu", how)
+    told = []
+    result = run.run(0, on_step=lambda r, epoch, steps, total: told.append(
+        (epoch, steps, running[-1])))
+    per_epoch = recipe.steps_per_epoch()
+    assert [(e, s) for e, s, _ in told] == [
+        ((s - 1) // per_epoch, s) for s in range(1, 2 * per_epoch + 1)
+        if each_step or s % per_epoch == 0]
+    assert not any(watch_running for _, _, watch_running in told)
+    assert result.tta_acc > 0.3

@@ -128,7 +128,7 @@ class Progress:
     def estimate(self):
         """The estimate line when it is due (see the class), else None."""
         left, now = self.left(), self.clock()
-        if left is None:
+        if left is None or self.planned <= sum(arm.done for arm in self.arms):
             return None
         if self._said is None:
             if left < self.long_s:
