@@ -375,7 +375,7 @@ class RunResult:
     seed: int
     tta_acc: float = math.nan     # the reported accuracy
     val_acc: float = math.nan     # plain accuracy of the final network
-    train_time_s: float = math.nan  # the run's timed seconds (README.md, "Timing")
+    train_time_s: float = math.nan  # the run's timed seconds (docs/timing.md)
     eval_time_s: float = 0.0      # untimed per-epoch evaluation, summed over epochs
     epochs: list = field(default_factory=list)
     diverged: bool = False

@@ -209,7 +209,7 @@ def _one_line(capsys):
     (["--seed", "1"], None, 2, "--seed 1 here, 0 in the record"),
     (["--target-acc", "0.5"], None, 2, "--target-acc 0.5 here, None in the record"),
     ([], lambda r: r["recipe"].update(bias_lr=99.0), 2,
-     "recipe value bias_lr (its default changed?)"),
+     "recipe value bias_lr (the named recipe changed?)"),
     ([], lambda r: r.update(data_fingerprint="other"), 2, "the data differs"),
     ([], lambda r: r["environment"]["code"].update(source_sha256="0" * 64), 2,
      "the code differs"),

@@ -34,9 +34,9 @@ def test_the_grid_is_every_combination_with_values_parsed_as_set_parses_them():
         "bias_lr=4 widths=8,16,16", "bias_lr=4 widths=16,32,32",
         "bias_lr=12 widths=8,16,16", "bias_lr=12 widths=16,32,32"]
     last = grid.cells[-1].recipe
-    assert (last.lr, last.widths, last.epochs) == (12.0, (16, 32, 32), 1.0)
-    assert grid.cells[0].values == {"lr": "4", "widths": "8,16,16"}
-    assert grid.axes == [("lr", ["4", "12"]), ("widths", ["8,16,16", "16,32,32"])]
+    assert (last.bias_lr, last.widths, last.epochs) == (12.0, (16, 32, 32), 1.0)
+    assert grid.cells[0].values == {"bias_lr": "4", "widths": "8,16,16"}
+    assert grid.axes == [("bias_lr", ["4", "12"]), ("widths", ["8,16,16", "16,32,32"])]
 
 
 @pytest.mark.parametrize("sets, varies, runs, message", [
@@ -165,23 +165,28 @@ def test_a_cell_clearly_below_the_best_is_dropped_after_three_pairs():
     assert to_drop(_grid(["good", "bad", "close"], runs=6), runs, [0, 1, 2, 3], 3) == {}
 
 
-# The command line end to end, training replaced by a planted accuracy per lr
+# The command line end to end, training replaced by a planted accuracy per bias_lr
 
 TINY = ["--recipe", "smoke", "--device", "cpu", "--set", "train_images=256",
         "--set", "test_images=128", "--set", "batch_size=64", "--set", "whiten_init_images=128",
         "--set", "widths=8,16,16"]
-EFFECT = {1.0: -0.05, 8.0: 0.0, 10.0: 0.004, 12.0: 0.01}     # smoke's own lr is 8
+EFFECT = {1.0: -0.05, 8.0: 0.0, 10.0: 0.004, 12.0: 0.01}
+
+
+def planted_lr(recipe):
+    """The cell's bias_lr, the base's (smoke's own) read as 8."""
+    return 8.0 if recipe.bias_lr == SMOKE.bias_lr else recipe.bias_lr
 
 
 @pytest.fixture
 def planted(monkeypatch):
-    """A run replaced by a planted accuracy per lr (the fixture's value: that run)."""
+    """A run replaced by a planted accuracy per bias_lr (the fixture's value: that run)."""
     def train_run(self, seed, run, **kwargs):
-        recipe = self.recipe
-        noise = 0.02 if recipe.bias_lr == 10.0 else 0.0005
-        acc = 0.5 + 0.01 * math.sin(7 * seed) + EFFECT[recipe.bias_lr] + noise * math.cos(seed + 1)
+        lr = planted_lr(self.recipe)
+        noise = 0.02 if lr == 10.0 else 0.0005
+        acc = 0.5 + 0.01 * math.sin(7 * seed) + EFFECT[lr] + noise * math.cos(seed + 1)
         return RunResult(run=run, seed=seed, tta_acc=acc, val_acc=acc,
-                         train_time_s=2.0 + recipe.bias_lr / 100)
+                         train_time_s=2.0 + lr / 100)
     monkeypatch.setattr(PreparedRun, "run", train_run)
     monkeypatch.setattr(hlb.bench.runs, "load_data", lambda data_dir=None: synthetic_cifar())
     return train_run
@@ -207,7 +212,7 @@ def test_a_pruned_sweep_end_to_end(planted, tmp_path, capsys, runs_dir):
     data = json.loads(out.read_text())
     assert data["format"] == "hlb-cifar10 sweep v1" and data["stopped"] is None
     assert [r["seed"] for r in data["runs"]] == [3, 4, 5, 6, 7]            # the base
-    assert data["vary"] == [{"key": "lr", "values": ["1", "10", "12"]}]
+    assert data["vary"] == [{"key": "bias_lr", "values": ["1", "10", "12"]}]
     seeds = {c["name"]: [r["seed"] for r in c["runs"]] for c in data["cells"]}
     assert seeds == {"bias_lr=1": [3, 4, 5], "bias_lr=10": [3, 4, 5, 6, 7],
                      "bias_lr=12": [3, 4, 5, 6, 7]}

@@ -118,7 +118,7 @@ def check_same(record, path, recipe, overrides, seed, runs, target_acc, device,
     changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     if changed:
         key = changed[0]
-        raise _differs(path, f"recipe value {key} (its default changed?)",
+        raise _differs(path, f"recipe value {key} (the named recipe changed?)",
                        ours.get(key), theirs.get(key), argv)
     for what, here, there in (("--seed", seed, record["seed"]),
                               ("--runs", runs, record["runs_asked"]),
