@@ -1,7 +1,8 @@
 """Print the comparison table of scripts/gpu_check.sh: our records against the references' logs.
 
     python scripts/gpu_summary.py [ours-LABEL.json ...] [--reference [LABEL=]LOG ...]
-                                  [--sweep SWEEP.json] [--clocks CLOCKS.csv --stages STAGES.txt]
+                                  [--sweep SWEEP.json] [--tune TUNE.json]
+                                  [--clocks CLOCKS.csv --stages STAGES.txt]
                                   [--target ACC]
 
 A reference log is the output of an airbench-style script (airbench94_muon, hiverge's
@@ -193,7 +194,12 @@ def _reference(text):
 def sweep_lines(path):
     """A sweep record's ranked table, a line per cell: n, mean accuracy, cell - base."""
     record = json.loads(Path(path).read_text())
-    lines = [f"sweep {Path(path).stem}: {record.get('correction', '')}"]
+    return [f"sweep {Path(path).stem}: {record.get('correction', '')}"] + _table_lines(record)
+
+
+def _table_lines(record):
+    """The ranked table of a sweep record (or a tune record's confirmation), a line a cell."""
+    lines = []
     for row in record.get("table", []):
         def diff(test, scale, digits):
             if not test:
@@ -210,12 +216,43 @@ def sweep_lines(path):
     return lines
 
 
+def tune_lines(path, best=5):
+    """A tune record in a few lines: the study and its trials by state, the best trials
+    (their values, n, mean accuracy with its interval, GFLOPs a run) and the confirmation."""
+    record = json.loads(Path(path).read_text())
+    trials = record.get("trials", [])
+    states = {}
+    for trial in trials:
+        states[trial["state"]] = states.get(trial["state"], 0) + 1
+    lines = [f"tune {record.get('study')}: objective {record.get('objective')}, "
+             f"{len(trials)} trials ("
+             + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+             + f"), space {' '.join(record.get('space', []))}, "
+             f"wall {record.get('wall_s') or 0:.0f} s"]
+    by_number = {t["number"]: t for t in trials}
+    for number in record.get("best_trials", [])[:best]:
+        trial = by_number.get(number)
+        if trial is None or trial["acc_mean"] is None:
+            continue
+        lo, hi = trial["acc_ci95"]
+        interval = "" if lo is None else f" [{100 * lo:.2f}, {100 * hi:.2f}]"
+        gflops = "" if trial.get("gflops") is None else f", {trial['gflops']:.0f} GFLOP a run"
+        lines.append(f"  trial {number:<4} n={trial['n']:<2} acc {100 * trial['acc_mean']:.2f}%"
+                     f"{interval}{gflops}: {' '.join(trial['values'])}")
+    confirmation = record.get("confirmation") or {}
+    if confirmation.get("table"):
+        lines.append("  confirmation on fresh seeds, beside the base:")
+        lines += ["  " + line for line in _table_lines(confirmation)]
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("ours", nargs="*", help="records written by main.py --json")
     parser.add_argument("--reference", action="append", default=[], metavar="[LABEL=]LOG",
                         help="a reference's log (repeatable)")
     parser.add_argument("--sweep", help="a sweep record written by main.py sweep --json")
+    parser.add_argument("--tune", help="a tune record written by main.py tune --json")
     parser.add_argument("--clocks", help="nvidia-smi samples taken during the check")
     parser.add_argument("--stages", help="when each stage of the check began")
     parser.add_argument("--target", type=float, default=0.94,
@@ -249,6 +286,8 @@ def main():
         print(describe(ref, ref_accs, ref_times, args.target))
     if args.sweep:
         print("\n".join(sweep_lines(args.sweep)))
+    if args.tune:
+        print("\n".join(tune_lines(args.tune)))
     if args.clocks and args.stages:
         print("GPU clocks by stage (nvidia-smi every 0.5 s):")
         print("\n".join(clock_lines(clock_samples(args.clocks), stage_starts(args.stages))))

@@ -10,6 +10,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -133,9 +135,10 @@ def test_gpu_check_runs_every_stage_in_order_within_the_budget(cifar_dir, tmp_pa
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OUT": str(out),
            "HLB_DATA_DIR": str(cifar_dir),
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "BUDGET_S": "60",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "BUDGET_S": "80",
            "RESERVE_S": "10", "OMP_NUM_THREADS": "1", "CACHE_IN": str(cache_in),
            "CACHE_DIR": str(tmp_path / "cache"), "REF_WORK": str(tmp_path / "ref"),
+           "PLAN_CHECK": "0",                 # checked by the tests below; seconds counted here
            "ACCURACY": f"acc smoke 2 2 {TINY_FLAGS}",
            "REFERENCES": f"other {reference} 2",
            "VARIANTS": f"one smoke 1 {TINY_FLAGS}; base {base}:smoke 1 {TINY_FLAGS}",
@@ -306,3 +309,110 @@ def test_trace_steps_prints_each_step_and_stops_at_the_first_value_that_is_not_f
     assert "not finite: loss, out head" in lines[0]
 
     assert trace_main(["--steps", "0"]) == 2
+
+
+def plan(check, tmp_path, **env):
+    """scripts/next_check.sh CHECK with PLAN_ONLY=1: its stages, every command line of ours
+    checked, nothing run; the references are empty stand-ins in a folder of their own."""
+    ref = tmp_path / "ref"
+    (ref / "base").mkdir(parents=True, exist_ok=True)
+    for name in ("airbench94_muon.py", "cifar10_speedrun.py", "base/main.py"):
+        (ref / name).touch()
+    env = {**os.environ, "PYTHON": sys.executable, "PLAN_ONLY": "1", "REF_DIR": str(ref),
+           "OUT": str(tmp_path / "out"), **env}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "next_check.sh"), check],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+NEXT_CHECKS = {
+    "A1": ["stages, in order: accuracy variants references", "accuracy: claim 94 200 4",
+           "variants: default 94 15;base ", "base:94muon 15 --set capture_step=true",
+           "references: airbench "],
+    "A2": ["stages, in order: variants references",
+           "variants: default 94 15;t4like 94 15 --set compile=false",
+           "references: hiverge ", "cifar10_speedrun.py 10;airbench "],
+    "C": ["sweep: levers 16 --recipe 94 --prune --cell '--set activation=silu'",
+          "--cell '--recipe 94tuned'"],
+    "T": ["tune: search 4 --recipe 94 --space muon_lr=", "--space image_sizes=32/24,24,28,28,32",
+          "--runs 4 --trials 40 --confirm 3 --confirm-runs 8"],
+    "D": ["stages, in order: variants dist cap profile", "variants: default 94 5;r95 95 10;r96",
+          "dist: torchrun 94 5 1", "cap: 3; profile: default"],
+    "E": ["variants: default 94 15;autotune 94 15 --set compile_mode=max-autotune"],
+}
+
+
+@pytest.mark.parametrize("check", sorted(NEXT_CHECKS))
+def test_each_next_check_plans_its_stages_and_every_command_line_of_ours_builds(check, tmp_path):
+    result = plan(check, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "each parses and builds" in result.stdout and "budget: 540 s" in result.stdout
+    for text in NEXT_CHECKS[check]:
+        assert text in result.stdout
+    assert not (tmp_path / "out" / "summary.txt").exists()          # nothing ran
+
+
+def test_a_bad_command_line_stops_the_check_before_any_stage(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OUT": str(tmp_path),
+           "VARIANTS": "default 94 15; typo 94 15 --set activaton=silu"}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert "typo" not in result.stdout and "== ours" not in result.stdout
+    assert result.stderr.startswith("error: a stage's command line is bad: '--recipe 94 --set "
+                                    "activaton=silu'") and len(result.stderr.splitlines()) == 1
+    assert plan("B", tmp_path).stderr.startswith("usage: scripts/next_check.sh A1|A2|C|T|D|E")
+    missing = plan("A2", tmp_path, REF_DIR=str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "cifar10_speedrun.py is missing" not in missing.stderr
+    assert "airbench94_muon.py is missing; BENCHMARKS.md" in missing.stderr
+
+
+def test_gpu_check_runs_the_stages_in_order_with_a_search_and_torchrun(cifar_dir, tmp_path):
+    # ORDER puts the search first: two workers share one study (its SQLite file comes back
+    # in logs.tgz), then a timed run under torchrun; the summary gives both.
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OUT": str(out),
+           "HLB_DATA_DIR": str(cifar_dir), "BUDGET_S": "400", "RESERVE_S": "10",
+           "OMP_NUM_THREADS": "1", "CACHE_IN": str(tmp_path / "none"),
+           "CACHE_DIR": str(tmp_path / "cache"), "TUNE_DIR": str(tmp_path / "tune"),
+           "ORDER": "tune dist", "DIST": f"tr smoke 1 1 {TINY_FLAGS}",
+           "TUNE": f"s 2 --recipe smoke {TINY_FLAGS.replace('--set epochs=1 ', '')} "
+                   "--space label_smoothing=0.05:0.3 --space epochs=1:2 --runs 1 --trials 2"}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "0"],
+                            capture_output=True, text=True, env=env, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:]
+    stages = [line.split(":")[0] for line in result.stdout.splitlines()
+              if line.startswith(("== tune", "== ours"))]
+    assert stages == ["== tune s", "== ours under torchrun"]
+    summary = (out / "summary.txt").read_text()
+    assert "tune smoke-accuracy: objective accuracy, 2 trials (2 complete)" in summary
+    assert summary.count("  trial ") == 2 and "label_smoothing=" in summary
+    assert "tr         n=1 " in summary
+    logs = packed(out / "logs.tgz")
+    assert "logs/tune-s.db" in logs and "logs/tune-s.json" in logs
+    assert json.loads(logs["logs/ours-tr.json"])["dist"]["world_size"] == 1
+
+
+def test_keep_results_files_a_check_as_the_runs_folder_does(tmp_path):
+    from hlb.bench.records import list_records
+    from keep_results import main as keep_main
+
+    record = (ROOT / "results" / "2026-12-04-h200" / "cgc" / "record.json").read_bytes()
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "ours-cgc.json").write_bytes(record)
+    (out / "logs" / "ours-broken.json").write_text("{not json")
+    (out / "logs" / "stages.txt").write_text("2026/12/04 02:07:31.907 setup\n")
+    (out / "logs" / "huge.log").write_text("x" * 300_000)
+    with tarfile.open(out / "logs.tgz", "w:gz") as tar:
+        tar.add(out / "logs", arcname="logs")
+    shutil.rmtree(out / "logs")
+    (out / "summary.txt").write_text("== summary\n")
+    (out / "compile-cache.tgz.0").write_bytes(b"cache")
+    dest = tmp_path / "results" / "2026-12-04-h200"
+    assert keep_main([str(out), str(dest)]) == 0
+    kept = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert kept == ["cgc/record.json", "logs/stages.txt", "summary.txt"]
+    rows = list_records(dest)
+    assert [(r["recipe"], r["n"], r["error"]) for r in rows] == [("94muon", 37, None)]
+    assert keep_main([str(out), str(dest)]) == 2                  # not empty: nothing overwritten
+    assert keep_main([str(tmp_path / "results"), str(tmp_path / "new")]) == 2    # no record
