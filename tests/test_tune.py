@@ -267,7 +267,8 @@ def _worker(tmp_path, url, *flags, sleep="0"):
 
 def test_two_workers_share_one_sqlite_study_with_no_trial_lost_or_doubled(tmp_path):
     url = _storage(tmp_path)
-    workers = [_worker(tmp_path, url, "--trials", "6", sleep="0.05") for _ in range(2)]
+    workers = [_worker(tmp_path, url, "--trials", "6", "--sampler-seed", "5", sleep="0.05")
+               for _ in range(2)]
     outs = [w.communicate(timeout=120) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outs
     trials = [t for t in _trials(url) if not t.user_attrs.get("surplus")]
@@ -276,6 +277,9 @@ def test_two_workers_share_one_sqlite_study_with_no_trial_lost_or_doubled(tmp_pa
     ran = [line.split()[1] for out, _ in outs for line in out.splitlines()
            if line.startswith("trial ")]
     assert sorted(ran, key=int) == [str(t.number) for t in trials]      # each ran once
+    # The same --sampler-seed in both: the draws follow the trial, so no two are alike.
+    values = [t.params["label_smoothing"] for t in trials]
+    assert len(set(values)) == len(values)
 
 
 def test_a_worker_killed_mid_trial_loses_that_trial_alone_and_the_study_resumes(

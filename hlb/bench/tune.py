@@ -368,7 +368,7 @@ def open_study(plan, optuna):
     """The study of `plan`, created or loaded; refused when it was made for another search."""
     # The time objective's trials carry their constraint (Trial.set_constraint), which the
     # sampler reads: it proposes from the feasible trials.
-    sampler = optuna.samplers.TPESampler(seed=plan.sampler_seed)
+    sampler = optuna.samplers.TPESampler(seed=plan.sampler_seed)      # reseeded per trial
     for attempt in range(3):
         try:
             with storage_faults(plan.storage):
@@ -470,6 +470,11 @@ class Worker:
         if self._surplus(optuna, trial):
             trial.set_user_attr("surplus", True)
             raise _Surplus("the study already held enough trials")
+        if self.plan.sampler_seed is not None:
+            # Draws that follow the trial's number, not the worker's: the same seed gives the
+            # same first trials, and two workers started alike never draw the same values.
+            self.study.sampler = optuna.samplers.TPESampler(
+                seed=self.plan.sampler_seed + trial.number)
         texts = [d.suggest(trial) for d in self.plan.dims]
         try:
             value = self._run(trial, texts, optuna)
