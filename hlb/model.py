@@ -5,6 +5,10 @@ BatchNorm, activation, conv, BatchNorm, activation (recipe 96 uses `ResidualConv
 Behaviour lives in small subclasses (a BatchNorm with a frozen scale, a conv with identity
 init, a conv that skips what the pool drops) rather than in flags; the BatchNorm settings and
 the activation are chosen once, in `Net`, and handed to each group.
+
+Values a recipe may change without changing a shape (the logit scale, BatchNorm's momentum)
+are 0-dim tensors, not floats: a compiled network reads them as inputs, so one compile serves
+every value (a float would be a constant of the compiled code, compiled again when it changes).
 """
 
 from functools import partial
@@ -14,16 +18,37 @@ from torch import nn
 import torch.nn.functional as F
 
 NUM_CLASSES = 10
-# The conv groups' activation, by the recipe's name for it (`activation`).
+# The network's activation (after the whitening layer and in the conv groups), by the
+# recipe's name for it (`activation`).
 ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
 
 
 class BatchNorm(nn.BatchNorm2d):
-    """BatchNorm whose scale stays at 1: only the bias learns (the next conv can rescale)."""
+    """BatchNorm whose scale stays at 1: only the bias learns (the next conv can rescale).
+
+    Its `momentum`, the weight of a batch's statistics in the running ones, is a 0-dim tensor
+    (see the module's docstring). Torch's batch_norm takes a float, so it is told 1, which
+    writes the batch's statistics to `batch_mean` and `batch_var`; the running statistics then
+    move toward them by `momentum`: torch's own update, (1 - momentum) * old + momentum * new.
+    """
 
     def __init__(self, channels, momentum, eps):
-        super().__init__(channels, momentum=momentum, eps=eps)
+        super().__init__(channels, eps=eps)
         self.weight.requires_grad = False
+        del self.momentum                   # torch's float, replaced by the buffer
+        self.register_buffer("momentum", torch.tensor(float(momentum)), persistent=False)
+        self.register_buffer("batch_mean", torch.zeros(channels), persistent=False)
+        self.register_buffer("batch_var", torch.ones(channels), persistent=False)
+
+    def forward(self, x):
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                eps=self.eps)
+        out = F.batch_norm(x, self.batch_mean, self.batch_var, self.weight, self.bias,
+                           training=True, momentum=1.0, eps=self.eps)
+        self.running_mean.lerp_(self.batch_mean, self.momentum)
+        self.running_var.lerp_(self.batch_var, self.momentum)
+        return out
 
 
 class DiracConv(nn.Conv2d):
@@ -115,7 +140,8 @@ class Net(nn.Module):
         # sees a few dominant directions and gradient steps crawl along the rest. This layer's
         # filters are fixed from the data (`init_whitening`) to map each small patch to
         # uncorrelated, unit-variance coordinates, so training starts on a well-conditioned
-        # input. Each filter comes with its negative, so GELU keeps both signs of a feature.
+        # input. Each filter comes with its negative, so the activation after it keeps both
+        # signs of a feature.
         # Its bias starts random (PyTorch's default) and trains for a few steps only.
         k = recipe.whiten_kernel
         whiten_width = 2 * 3 * k**2
@@ -126,14 +152,15 @@ class Net(nn.Module):
         activation = ACTIVATIONS[recipe.activation]
         w1, w2, w3 = recipe.widths
         self.body = nn.Sequential(
-            nn.GELU(),
+            activation(),
             group(whiten_width, w1, norm, activation),
             group(w1, w2, norm, activation),
             group(w2, w3, norm, activation),
             GlobalMaxPool(),
         )
         self.head = nn.Linear(w3, NUM_CLASSES, bias=False)
-        self.logit_scale = recipe.logit_scale
+        self.register_buffer("logit_scale", torch.tensor(float(recipe.logit_scale)),
+                             persistent=False)
 
     def forward(self, x):
         return self.head(self.body(self.whiten(x))) * self.logit_scale
@@ -177,6 +204,7 @@ def build_net(recipe, execution):
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.float()              # BatchNorm statistics need fp32
+        net.logit_scale = net.logit_scale.float()    # the recipe's value, not fp16's nearest
     return net.to(memory_format=execution.memory_format)
 
 

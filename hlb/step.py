@@ -10,6 +10,10 @@ except at the whitening bias's freeze and where the training resolution changes
 With a captured step (hlb.execution), the warm-up (hlb.train.PreparedRun.warmup) calls
 `capture()`, and from then on each call replays a graph. Everywhere else the same code runs
 eagerly.
+
+The compiled graph reads every value a recipe may change (label smoothing here, the logit
+scale and BatchNorm's momentum in hlb.model) from a tensor, so that a recipe of the same shapes
+with other values, later in the same process, reuses it and compiles nothing.
 """
 
 import torch
@@ -22,13 +26,19 @@ from hlb.recipes import IMAGE_SIDE
 def summed_loss(logits, labels, label_smoothing):
     """The batch's label-smoothed cross-entropy, summed over images, computed in fp32.
 
+    The same sum as F.cross_entropy(..., label_smoothing, reduction="sum"), written out so
+    that `label_smoothing` may be a 0-dim tensor (torch's takes a float, which a compiled step
+    would hold as a constant and compile again for each new value).
+
     In fp16 the sum overflows: the smoothing term adds up every class's log-probability over
     the batch, which passes fp16's largest value (65504) at batch 2000 once the logits spread
     (recipe 94muon's second epoch). The gradients stayed finite, but the loss read inf and
     every run was reported as diverged.
     """
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing,
-                           reduction="sum")
+    log_probs = logits.float().log_softmax(1)
+    nll = -log_probs.gather(1, labels[:, None]).sum()       # the true class's share
+    uniform = -log_probs.mean(1).sum()                       # the share spread over classes
+    return (1 - label_smoothing) * nll + label_smoothing * uniform
 
 
 def forward_loss(net, images, labels, size, label_smoothing):
@@ -51,7 +61,8 @@ class TrainStep:
 
     def __init__(self, net, recipe, execution, optimizers, schedule, freeze):
         self.net, self.optimizers, self.schedule, self.freeze = net, optimizers, schedule, freeze
-        self.label_smoothing = recipe.label_smoothing
+        # A tensor, so that a compiled step serves every value (see summed_loss).
+        self.label_smoothing = torch.tensor(recipe.label_smoothing, device=execution.device)
         self.batch_size = recipe.batch_size
         self.steps_per_epoch = recipe.steps_per_epoch()
         self.image_sizes = recipe.image_sizes

@@ -51,7 +51,28 @@ def test_batchnorm_scale_is_frozen():
     bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 6
     assert all(not b.weight.requires_grad and b.bias.requires_grad for b in bns)
-    assert all(b.eps == 1e-12 and b.momentum == 0.4 for b in bns)
+    assert all(b.eps == 1e-12 and b.momentum.item() == pytest.approx(0.4) for b in bns)
+
+
+def test_batchnorm_with_a_tensor_momentum_does_what_torchs_does():
+    torch.manual_seed(0)
+    ours, torchs = BatchNorm(5, momentum=0.3, eps=1e-5), torch.nn.BatchNorm2d(5, momentum=0.3)
+    torchs.weight.requires_grad = False
+    with torch.no_grad():
+        ours.bias.uniform_()
+        torchs.bias.copy_(ours.bias)
+    for _ in range(3):
+        x = torch.randn(8, 5, 4, 4) * 3 + 1
+        torch.testing.assert_close(ours(x), torchs(x))
+    assert torch.equal(ours.momentum, torch.tensor(0.3))
+    torch.testing.assert_close(ours.running_mean, torchs.running_mean)
+    torch.testing.assert_close(ours.running_var, torchs.running_var)
+    assert ours.running_mean.abs().min() > 0.1          # they moved
+    ours.eval(), torchs.eval()
+    x = torch.randn(8, 5, 4, 4)
+    torch.testing.assert_close(ours(x), torchs(x))
+    # Its momentum and scratch statistics are per recipe, not part of a saved network.
+    assert set(ours.state_dict()) == set(torchs.state_dict())
 
 
 def expected_trainable(widths, convs_per_group):
@@ -79,7 +100,8 @@ def test_recipe_96_uses_residual_groups_with_default_batchnorm_momentum():
     assert sum(isinstance(m, ResidualConvGroup) for m in net.modules()) == 3
     bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 9
-    assert all(b.momentum == 0.1 and not b.weight.requires_grad for b in bns)
+    assert all(b.momentum.item() == pytest.approx(0.1) and not b.weight.requires_grad
+               for b in bns)
 
 
 def test_residual_group_adds_its_input():
@@ -178,15 +200,14 @@ def test_the_network_with_the_flattened_max_equals_one_with_the_adaptive_pool():
 
 
 @pytest.mark.parametrize("name", ["silu", "relu"])
-def test_the_activation_knob_sets_every_conv_groups_activation(name):
+def test_the_activation_knob_sets_every_activation_of_the_network(name):
     net = Net(override(RECIPES["96"], [f"activation={name}", "widths=8,16,16"]))
     wanted = {"silu": torch.nn.SiLU, "relu": torch.nn.ReLU}[name]
-    groups = [m for m in net.body if isinstance(m, ResidualConvGroup)]
-    inside = [m for g in groups for m in g.modules()
-              if isinstance(m, (torch.nn.GELU, torch.nn.SiLU, torch.nn.ReLU))]
-    assert len(inside) == 9 and all(isinstance(m, wanted) for m in inside)
-    # The whitening layer's own activation stays GELU (as in hiverge's speedrun).
-    assert isinstance(net.body[0], torch.nn.GELU)
+    found = [m for m in net.modules()
+             if isinstance(m, (torch.nn.GELU, torch.nn.SiLU, torch.nn.ReLU))]
+    # The one after the whitening layer, then three in each residual group.
+    assert len(found) == 10 and all(isinstance(m, wanted) for m in found)
+    assert isinstance(net.body[0], wanted)
 
 
 def test_a_smaller_training_resolution_runs_through_the_same_network():
