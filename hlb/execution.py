@@ -173,6 +173,20 @@ def _orthogonalize_dtype(facts, notes):
     return torch.float32
 
 
+# Variants of a function that dynamo keeps compiled in one process (torch's default, 8, is
+# passed by a sweep of a few widths: past it dynamo runs the function eagerly, silently).
+RECOMPILE_LIMIT = 64
+
+
+def compiled(fn, mode="default"):
+    """`fn` through torch.compile with static shapes: a second batch or image size gets the
+    code a fresh process would compile for it, as a sweep's timing needs (dynamo would make one
+    symbolic-shape graph of it, other kernels), and there is room for many of them."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    return torch.compile(fn, mode=mode, dynamic=False)
+
+
 def has_kernels(capability, arch_list):
     """Whether torch built for `arch_list` (get_arch_list(): "sm_86", "compute_90", ...) runs
     on a card of `capability`. Binary code for sm_XY runs on X.Y and later minors of X

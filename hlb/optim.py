@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from hlb.execution import compiled
+
 
 def newton_schulz(g, steps, dtype, eps=1e-7):
     """An approximately orthogonal matrix with g's singular vectors: U V^T for g = U S V^T.
@@ -56,7 +58,7 @@ def orthogonalize_all(matrices, steps, dtype, newton_schulz=newton_schulz):
 def compiled_orthogonalize_all():
     """orthogonalize_all with the iteration through torch.compile (its chain of matmuls and
     elementwise ops becomes a few kernels); built once per process."""
-    return functools.partial(orthogonalize_all, newton_schulz=torch.compile(newton_schulz))
+    return functools.partial(orthogonalize_all, newton_schulz=compiled(newton_schulz))
 
 
 class Muon(torch.optim.Optimizer):

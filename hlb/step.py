@@ -19,6 +19,7 @@ with other values, later in the same process, reuses it and compiles nothing.
 import torch
 import torch.nn.functional as F
 
+from hlb.execution import compiled
 from hlb.optim import zero_state
 from hlb.recipes import IMAGE_SIDE
 
@@ -68,7 +69,7 @@ class TrainStep:
         self.image_sizes = recipe.image_sizes
         self.forward_loss = forward_loss
         if execution.compile:       # the forward pass and the loss as one graph
-            self.forward_loss = torch.compile(forward_loss, mode=execution.compile_mode)
+            self.forward_loss = compiled(forward_loss, execution.compile_mode)
         # Fixed input buffers: a graph reads its inputs from the same addresses every time.
         self.images = torch.zeros(self.batch_size, 3, IMAGE_SIDE, IMAGE_SIDE,
                                   device=execution.device, dtype=execution.dtype).contiguous(

@@ -26,7 +26,7 @@ import torch
 
 from hlb.augment import TrainBatches, normalize, to_device
 from hlb.evaluate import plain_evaluation, tta_accuracy
-from hlb.execution import execution
+from hlb.execution import compiled, execution
 from hlb.model import build_net, init_whitening, reset
 from hlb.optim import Lookahead, Schedule, WhiteningBiasFreeze, make_optimizers
 from hlb.step import TrainStep
@@ -62,7 +62,7 @@ class PreparedRun:
                                    recipe.total_steps(), recipe.lookahead_ramp)
         self.step = TrainStep(net, recipe, how, self.optimizers, self.schedule, self.freeze)
         # Evaluation's forward: compiled apart from the training step's graph.
-        self.forward = torch.compile(net, mode=how.compile_mode) if how.compile else net
+        self.forward = compiled(net, how.compile_mode) if how.compile else net
 
     @property
     def fallback(self):

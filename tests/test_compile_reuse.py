@@ -20,7 +20,7 @@ import hlb.bench.runs
 from conftest import synthetic_cifar
 from hlb.bench.cli import main
 from hlb.bench.overrides import override
-from hlb.execution import execution
+from hlb.execution import compiled, execution
 from hlb.optim import compiled_orthogonalize_all
 from hlb.recipes import RECIPES
 from hlb.step import summed_loss
@@ -60,7 +60,8 @@ def counting(monkeypatch, backend):
     Dynamo hands it; returns the counter."""
     counter = CompileCounterWithBackend(backend)
     real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **kw: real(fn, backend=counter))
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, mode=None, **kw: real(fn, backend=counter, **kw))
     return counter
 
 
@@ -191,3 +192,26 @@ def test_the_commands_that_run_several_variants_compile_once(command, synthetic_
     assert len(after_warmups) >= 2 and after_warmups[0] >= 3
     assert after_warmups == [after_warmups[0]] * len(after_warmups)
     assert counter.frame_count == after_warmups[0]
+
+
+def _doubled_sum(x):
+    return (x * 2).sum()
+
+
+def test_a_second_shape_compiles_static_code_as_a_fresh_process_would(monkeypatch):
+    """Dynamo would turn a second batch size into one symbolic-shape graph (other kernels than
+    a fresh process compiles, so a sweep over batch_size would time other code); compiled()
+    keeps every shape static."""
+    symbolic = []
+
+    def backend(gm, example_inputs):
+        symbolic.append(any(isinstance(x, torch.SymInt) for x in example_inputs))
+        return gm.forward
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, mode=None, **kw: real(fn, backend=backend, **kw))
+    doubled = compiled(_doubled_sum)
+    for n in (4, 6, 8):
+        assert doubled(torch.ones(n)).item() == 2 * n
+    assert symbolic == [False, False, False]
+    assert torch._dynamo.config.recompile_limit >= 64
