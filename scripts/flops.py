@@ -14,17 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hlb.bench.flops import run_flops  # noqa: E402
-from hlb.bench.overrides import override  # noqa: E402
-from hlb.errors import UsageError  # noqa: E402
-from hlb.recipes import get_recipe  # noqa: E402
+from hlb.bench.overrides import script_recipe  # noqa: E402
 
 
 def main():
-    try:
-        recipe = override(get_recipe(sys.argv[1] if len(sys.argv) > 1 else "94"), sys.argv[2:])
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    recipe = script_recipe(sys.argv[1:])
     flops = run_flops(recipe)
     total, train, tta = recipe.total_steps(), flops.train, flops.tta
     forward_per_image, plain = flops.forward_per_image, flops.plain

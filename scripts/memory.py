@@ -12,9 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hlb.bench.memory import estimate  # noqa: E402
-from hlb.bench.overrides import override  # noqa: E402
-from hlb.errors import UsageError  # noqa: E402
-from hlb.recipes import get_recipe  # noqa: E402
+from hlb.bench.overrides import script_recipe  # noqa: E402
 
 
 def rows(terms, indent="    "):
@@ -22,11 +20,7 @@ def rows(terms, indent="    "):
 
 
 def main():
-    try:
-        recipe = override(get_recipe(sys.argv[1] if len(sys.argv) > 1 else "94"), sys.argv[2:])
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    recipe = script_recipe(sys.argv[1:])
     e = estimate(recipe)
     lines = [f"recipe {recipe.name}: peak GPU memory, estimated (MiB)", "  held throughout"]
     lines += rows(e.held)

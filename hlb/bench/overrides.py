@@ -6,6 +6,7 @@ Recipe's own check (hlb.recipes), so a value set here and one set in code meet t
 
 import dataclasses
 import shlex
+import sys
 
 from hlb.errors import UsageError
 from hlb.recipes import Recipe, get_recipe
@@ -100,3 +101,13 @@ def flags_recipe(flags, base, label):
         return override(get_recipe(name or base), sets), sets
     except UsageError as e:
         raise UsageError(f"{label}: {e}") from None
+
+
+def script_recipe(argv):
+    """A script's `[RECIPE] [key=value ...]` arguments as a recipe (recipe 94 by default); a
+    mistake is one line on stderr and exit status 2."""
+    try:
+        return override(get_recipe(argv[0] if argv else "94"), argv[1:])
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
