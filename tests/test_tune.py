@@ -47,7 +47,10 @@ def planted_run(self, seed, run=0, **kwargs):
     acc = 0.5 - 4 * (s - 0.2) ** 2 + 0.01 * math.sin(7 * seed) + 0.002 * math.cos(50 * s * seed)
     return RunResult(run=run, seed=seed, tta_acc=acc, val_acc=acc, train_time_s=1 + s,
                      diverged=s > 0.45)
-
+"""
+# What a worker process runs first (in this process, the fixture patches with monkeypatch, so
+# that nothing stays planted after the test).
+PLANT_IN_WORKER = PLANT + """
 PreparedRun.run = planted_run
 hlb.bench.runs.load_data = lambda data_dir=None: synthetic_cifar()
 """
@@ -256,7 +259,7 @@ def test_time_objective_end_to_end_confirmed_recorded_listed_and_plotted(
 
 
 def _worker(tmp_path, url, *flags, sleep="0"):
-    code = PLANT + "import sys\nfrom hlb.bench import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+    code = PLANT_IN_WORKER + "import sys\nfrom hlb.bench import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PLANTED_SLEEP": sleep,
            "HLB_RUNS_DIR": str(tmp_path / "runs")}
     return subprocess.Popen([sys.executable, "-c", code, "tune", *TINY, "--storage", url,
