@@ -43,11 +43,23 @@ def _one_line(capsys):
     return err
 
 
+@pytest.fixture(scope="module")
+def made_claim(tmp_path_factory):
+    """A real record of 3 runs, made once for the module's tests."""
+    path = tmp_path_factory.mktemp("claim") / "claim.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HLB_RUNS_DIR", str(path.parent / "runs"))
+        patch.setattr(hlb.bench.runs, "load_cifar10",
+                      lambda *args, **kwargs: synthetic_cifar(512, 256))
+        assert main([*TINY, "--runs", "3", "--no-save", "--json", str(path)]) == 0
+    return path.read_bytes()
+
+
 @pytest.fixture
-def claim(synthetic_data, tmp_path, capsys):
-    """A real record of 3 runs (its path)."""
+def claim(made_claim, synthetic_data, tmp_path, capsys):
+    """That record, copied for one test to read or edit (its path)."""
     path = tmp_path / "claim.json"
-    assert main([*TINY, "--runs", "3", "--no-save", "--json", str(path)]) == 0
+    path.write_bytes(made_claim)
     capsys.readouterr()
     return path
 
