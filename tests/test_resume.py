@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # About a second a run on 2 CPU cores: slow enough to interrupt after two of five.
 SMALL = ["--recipe", "smoke", "--device", "cpu", "--set", "train_images=1000",
          "--set", "test_images=500", "--set", "epochs=0.5", "--set", "batch_size=100",
-         "--set", "whiten_init_images=500", "--set", "eval_batch_size=500"]
+         "--set", "whiten_init_images=500", "--set", "eval_batch_size=500",
+         "--set", "widths=8,16,16"]
 # In this process, on synthetic data: a run in a fraction of a second.
 TINY = ["--recipe", "smoke", "--device", "cpu", "--set", "train_images=256",
         "--set", "test_images=128", "--set", "batch_size=64", "--set", "epochs=1",
