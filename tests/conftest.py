@@ -1,5 +1,6 @@
 """Shared fixtures: the real CIFAR-10 (from ../shared, when present) and small synthetic data."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,11 @@ def runs_dir(tmp_path_factory, monkeypatch):
     path = tmp_path_factory.mktemp("runs")
     monkeypatch.setenv("HLB_RUNS_DIR", str(path))
     return path
+
+
+def ctrl_c_as_at_a_terminal():
+    """For a child that a test interrupts with SIGINT (Popen's preexec_fn): SIGINT's default
+    action, as under a terminal. A shell starts background jobs with SIGINT ignored, and a
+    Python started so keeps ignoring it, so a suite run in the background would not see Ctrl-C
+    reach main.py."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

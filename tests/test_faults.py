@@ -15,7 +15,7 @@ import torch
 
 import hlb.files
 import hlb.bench.runs
-from conftest import synthetic_cifar
+from conftest import ctrl_c_as_at_a_terminal, synthetic_cifar
 from hlb.bench.cli import main
 from hlb.train import PreparedRun
 
@@ -140,7 +140,7 @@ def test_ctrl_c_or_sigterm_keeps_the_finished_runs_and_exits_130(sig, cifar_dir,
         [sys.executable, str(ROOT / "main.py"), *TINY, "--runs", "100",
          "--data-dir", str(cifar_dir), "--json", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=ctrl_c_as_at_a_terminal)
     try:
         for line in proc.stdout:                   # wait until a run has finished
             if " tta |" in line:

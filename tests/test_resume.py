@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import hlb.bench.runs
-from conftest import synthetic_cifar
+from conftest import ctrl_c_as_at_a_terminal, synthetic_cifar
 from hlb.bench.cli import main
 from hlb.recipes import get_recipe
 from hlb.train import PreparedRun
@@ -66,7 +66,7 @@ def _interrupt_after_two(args, out):
     """main.py with `args` and --json `out`, sent SIGINT once `out` holds two runs."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args, "--json", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=_env())
+                            cwd=ROOT, env=_env(), preexec_fn=ctrl_c_as_at_a_terminal)
     try:
         _wait_for_runs(proc, out, 2)
         proc.send_signal(signal.SIGINT)
