@@ -204,7 +204,8 @@ def build_net(recipe, execution):
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.float()              # BatchNorm statistics need fp32
-        net.logit_scale = net.logit_scale.float()    # the recipe's value, not fp16's nearest
+                m.momentum.fill_(recipe.bn_momentum)     # the recipe's, not fp16's nearest
+        net.logit_scale = net.logit_scale.float().fill_(recipe.logit_scale)   # likewise
     return net.to(memory_format=execution.memory_format)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hlb.bench.overrides import override
-from hlb.model import (BatchNorm, ConvBeforePool, DiracConv, GlobalMaxPool, Net,
+from hlb.model import (BatchNorm, ConvBeforePool, DiracConv, GlobalMaxPool, Net, build_net,
                        ResidualConvGroup, init_whitening, patches, whitening_weights)
 from hlb.recipes import RECIPES
 
@@ -214,3 +214,19 @@ def test_a_smaller_training_resolution_runs_through_the_same_network():
     net = Net(override(RECIPES["94"], ["widths=8,16,16"]))
     for side in (16, 24, 28, 32):
         assert net(torch.randn(2, 3, side, side)).shape == (2, 10)
+
+
+def test_half_precision_keeps_the_recipes_logit_scale_and_batchnorm_momentum_exactly():
+    # Cast to fp16 with the network, 1/9 and 0.4 would round (0.11108, 0.39990); the network
+    # reads them as fp32 tensors holding the recipe's values, as a float scalar read before.
+    import dataclasses
+
+    from hlb.execution import execution
+    recipe = RECIPES["94"]
+    how = dataclasses.replace(execution(recipe, "cpu"), dtype=torch.float16)
+    net = build_net(recipe, how)
+    assert net.head.weight.dtype == torch.float16
+    assert net.logit_scale.dtype == torch.float32
+    assert net.logit_scale.item() == torch.tensor(1 / 9).item()
+    momenta = {m.momentum.item() for m in net.modules() if isinstance(m, BatchNorm)}
+    assert momenta == {torch.tensor(0.4).item()}
