@@ -96,10 +96,6 @@ class Execution:
         """"cuda", "mps" or "cpu"."""
         return torch.device(self.device).type
 
-    def eager(self):
-        """The same, without compile and capture: what a GPU falls back to when they fail."""
-        return dataclasses.replace(self, compile=False, capture=False)
-
     def chosen(self):
         """What a record keeps of it, as JSON values."""
         return {"dtype": DTYPE_NAMES[self.dtype], "compile": self.compile,

@@ -111,8 +111,6 @@ def test_the_execution_is_the_recipes_on_a_gpu_and_eager_fp32_on_a_cpu(monkeypat
         cpu = execution(recipe, "cpu")
         assert cpu.dtype == torch.float32 and cpu.memory_format == torch.contiguous_format
         assert not (cpu.compile or cpu.capture or cpu.warmup) and cpu.check_each_step
-    eager = execution(RECIPES["94"], "cuda").eager()
-    assert not (eager.compile or eager.capture) and eager.warmup
 
 
 def test_reset_keeps_the_whitening_bias_random_as_conv2d_makes_it():
