@@ -18,7 +18,6 @@ which GPU architectures the installed torch has kernels for. From those:
   costs nothing there).
 """
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
