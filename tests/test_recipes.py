@@ -82,8 +82,6 @@ def test_named_recipes_use_the_declared_types(name):
 def test_an_edit_to_94_changes_94_alone(monkeypatch):
     """Recipes are written whole (or from one named parent), so a value of 94 changed where 94
     is written leaves every other recipe as it was."""
-    import importlib
-
     import hlb.recipes
     before = {name: r.to_dict() for name, r in RECIPES.items()}
     source = Path(hlb.recipes.__file__).read_text()

@@ -25,7 +25,7 @@ from hlb.bench import cli  # noqa: E402
 from hlb.bench.tune import constraint, parse_space, prune_reason  # noqa: E402
 from hlb.errors import UsageError  # noqa: E402
 from hlb.recipes import get_recipe  # noqa: E402
-from hlb.train import PreparedRun, RunResult  # noqa: E402
+from hlb.train import PreparedRun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = get_recipe("smoke")

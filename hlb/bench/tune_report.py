@@ -179,7 +179,7 @@ def verdict_lines(plan, outcome, best):
                 plan.target) <= 0
             won = thi < 0 and reached
             what = (f"time {secs}, accuracy {100 * row.acc_mean:.2f}% "
-                    + ("not below" if reached else "below") + f" the target")
+                    + ("not below" if reached else "below") + " the target")
         lines.append(f"trial {trial.number} ({cell.name}): {what} against the base: "
                      + ("beats it" if won else "does not beat it"))
     return lines
